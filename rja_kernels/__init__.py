@@ -1,0 +1,17 @@
+"""Fused recursive joint cross-attention (Praveen et al., ICASSP 2023) for PyTorch.
+
+`recursive_joint_attention` is the operator of SPEC.md; importing this package registers the
+`rja::recursive_joint_attention` custom op and every backend built in this installation.
+"""
+
+from rja_kernels import reference  # noqa: F401  (registers the reference backend)
+from rja_kernels.backends import BackendUnavailableError, available_backends
+from rja_kernels.op import recursive_joint_attention
+from rja_kernels.reference import recursive_joint_attention_reference
+
+__all__ = [
+    "BackendUnavailableError",
+    "available_backends",
+    "recursive_joint_attention",
+    "recursive_joint_attention_reference",
+]
