@@ -47,7 +47,7 @@ def check_inputs(xa: Tensor, xv: Tensor, weights: tuple[Tensor, ...], iterations
     for name, size in (("L", seq), ("da", da), ("dv", dv)):
         if size < 1:
             raise ValueError(f"{name} must be >= 1, got xa {list(xa.shape)}, xv {list(xv.shape)}")
-    w_ja, w_jv, w_a, w_v, w_ca, w_cv, w_ha, w_hv = weights
+    w_a = weights[2]
     tw, k = w_a.shape[0], w_a.shape[1]
     if tw not in (1, iterations):
         raise ValueError(
@@ -117,8 +117,7 @@ def _backward_fake(grad_xa, grad_xv, xa_iters, xv_iters, *weights_and_backend):
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    *_, iterations, backend = inputs
-    ctx.backend = backend
+    ctx.backend = inputs[-1]
     ctx.mark_non_differentiable(output[2], output[3])
     ctx.save_for_backward(output[2], output[3], *inputs[2:10])
 
