@@ -6,6 +6,8 @@ Environment switches:
   RJA_CUDA_ARCHS   semicolon list of compute capabilities, default "8.0;9.0" (A100, H100).
   RJA_CPU_NATIVE   1 (default) compiles the CPU kernel with -march=native for the building
                    machine; 0 for a portable binary.
+  RJA_EXTENSIONS   comma list of extensions to build (cpu,cuda; default both): lets a developer
+                   rebuild one extension in place without touching the other.
   MAX_JOBS         parallel compile jobs (ninja), as in torch.utils.cpp_extension.
 """
 
@@ -49,16 +51,17 @@ cxx_flags = ["-O3", "-std=c++17", "-fopenmp", "-Wall", "-Wextra", "-Werror"]
 if os.environ.get("RJA_CPU_NATIVE", "1") == "1":
     cxx_flags.append("-march=native")
 
-extensions = [
-    CppExtension(
+wanted = set(os.environ.get("RJA_EXTENSIONS", "cpu,cuda").split(","))
+extensions = []
+if "cpu" in wanted:
+    extensions.append(CppExtension(
         "rja_kernels._C",
         _sources("csrc/cpu/*.cpp"),
         extra_compile_args={"cxx": cxx_flags},
         extra_link_args=["-fopenmp"],
-    )
-]
+    ))
 
-if _cuda_build_wanted():
+if "cuda" in wanted and _cuda_build_wanted():
     archs = os.environ.get("RJA_CUDA_ARCHS", "8.0;9.0")
     os.environ["TORCH_CUDA_ARCH_LIST"] = archs
     print(f"rja: building the CUDA extension for compute capabilities {archs} with {CUDA_HOME}")
