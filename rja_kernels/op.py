@@ -140,7 +140,7 @@ def recursive_joint_attention(
     w_ca: Tensor, w_cv: Tensor, w_ha: Tensor, w_hv: Tensor,
     iterations: int = 2, backend: str = "auto",
 ) -> tuple[Tensor, Tensor]:
-    """Recursive joint cross-attention of ../shared/SPEC.md: `T = iterations` JCA iterations.
+    """Recursive joint cross-attention of docs/SPEC.md: `T = iterations` JCA iterations.
 
     Args:
         xa: audio features `[B, L, da]`; xv: visual features `[B, L, dv]`.

@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference of the recursive joint attention operator (../shared/SPEC.md).
+"""Pure-PyTorch reference of the recursive joint attention operator (docs/SPEC.md).
 
 Every other backend is tested against this file. It materialises `Ca`/`Cv` exactly as the SPEC
 writes them and is differentiable by PyTorch autograd (double backward included).
