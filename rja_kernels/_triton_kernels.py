@@ -1,0 +1,351 @@
+"""Triton kernels of the recursive joint attention operator (../shared/SPEC.md).
+
+Imported lazily by `rja_kernels.triton_rja` on first use, for two reasons: importing triton is
+slow, and `@triton.jit` reads `TRITON_INTERPRET` when the kernels are *defined*, so the choice
+between the CPU interpreter and GPU compilation is made here, at first use, not at package import.
+
+Design. One program owns one batch element (its whole `[L, da]` and `[L, dv]` sample), because an
+iteration's `J = concat(xa, xv)` couples every row of both modalities: a program can only start
+iteration `i + 1` once every row of iteration `i` is written, and the only barrier Triton offers
+is within a program (`tl.debug_barrier`, a CTA-wide `__syncthreads`, which also makes the CTA's
+global stores visible to its other threads). So each iteration's updated features go to the
+`xa_iters`/`xv_iters` output buffers in global memory (L2-resident: a sample is a few hundred KiB
+at most) and a barrier separates the iterations. `B` programs, one launch for all `T` iterations.
+
+Inside a program, per modality `m` with features `x [L, dm]`, rows of `x^T` are processed in
+blocks of `BM` and the joint dimension `d` is streamed in tiles of `BD`, attention style:
+`P = x_blk^T @ w_j` ([BM, L], the queries), `S = P @ J_tile / sqrt(d)`, `C = tanh(S)` (registers
+only), `Z += C @ w_c_tile^T`; then `H = relu(Z + x_blk^T @ w_u^T)`, `out = x + (H @ w_h^T)^T`.
+The backward recomputes `C` tile by tile from the saved iteration inputs (two passes per row
+block: one to rebuild `Z`, one for the gradients that need `dZ`); `Ca`/`Cv` never reach memory.
+
+Padding: `tl.dot` needs every dimension >= 16, so `L` and `k` are padded to `BL`, `BK` >= 16 and
+every load is masked with `other=0`. Zero padding is exact here: padded rows/columns give `S = 0`,
+`C = tanh(0) = 0` and meet zero weights, so they add nothing; stores are masked.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from torch.library import triton_op, wrap_triton
+
+INTERPRETED = bool(triton.knobs.runtime.interpret)
+
+if INTERPRETED:
+    # Autotuning in the interpreter measures Python speed, not the GPU: one config, tiles large
+    # enough that the small test shapes take few (slow, interpreted) loop trips.
+    _FWD_CONFIGS = [triton.Config({"BM": 32, "BD": 64}, num_warps=1)]
+    _BWD_CONFIGS = _FWD_CONFIGS
+else:
+    _FWD_CONFIGS = [
+        triton.Config({"BM": bm, "BD": bd}, num_warps=w, num_stages=s)
+        for bm, bd, w, s in ((32, 64, 4, 2), (64, 64, 4, 2), (64, 128, 8, 2), (32, 128, 4, 3),
+                             (64, 32, 4, 3), (128, 64, 8, 2))
+    ]
+    _BWD_CONFIGS = [
+        triton.Config({"BM": bm, "BD": bd}, num_warps=w, num_stages=s)
+        for bm, bd, w, s in ((32, 64, 4, 1), (64, 64, 8, 1), (32, 32, 4, 1), (64, 32, 4, 1))
+    ]
+
+
+@triton.jit
+def _tanh(x):
+    # tanh(|x|) = (1 - e) / (1 + e) with e = exp(-2|x|) in (0, 1]: no overflow for large |x|.
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0, -t, t)
+
+
+@triton.jit
+def _load_j_tile(ja, jv, offs_l, cols, L, DA, D):
+    """`J[:, cols]` of one sample as [BL, BD]: columns < DA from xa, the rest from xv."""
+    ml = offs_l[:, None] < L
+    in_a = cols[None, :] < DA
+    in_v = (cols[None, :] >= DA) & (cols[None, :] < D)
+    ta = tl.load(ja + offs_l[:, None] * DA + cols[None, :], mask=ml & in_a, other=0.0)
+    tv = tl.load(jv + offs_l[:, None] * (D - DA) + (cols[None, :] - DA), mask=ml & in_v, other=0.0)
+    return ta + tv
+
+
+@triton.jit
+def _fwd_modality(x, x_dst, ja, jv, w_j, w_u, w_c, w_h, L, DM, DA, D, K, scale,
+                  BL: tl.constexpr, BK: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
+                  PREC: tl.constexpr):
+    """One iteration of one modality of one sample: `x [L, DM]` -> `x_dst [L, DM]`."""
+    dt = x.dtype.element_ty
+    offs_l = tl.arange(0, BL)
+    offs_k = tl.arange(0, BK)
+    ml = offs_l < L
+    mk = offs_k < K
+    wj = tl.load(w_j + offs_l[:, None] * L + offs_l[None, :], mask=ml[:, None] & ml[None, :], other=0.0)
+    wu_t = tl.load(w_u + offs_k[None, :] * L + offs_l[:, None], mask=ml[:, None] & mk[None, :], other=0.0)
+    wh_t = tl.load(w_h + offs_l[None, :] * K + offs_k[:, None], mask=mk[:, None] & ml[None, :], other=0.0)
+    for r0 in range(0, DM, BM):
+        rows = r0 + tl.arange(0, BM)
+        mxt = (rows[:, None] < DM) & ml[None, :]
+        xt = tl.load(x + offs_l[None, :] * DM + rows[:, None], mask=mxt, other=0.0)  # x^T block [BM, BL]
+        p = tl.dot(xt, wj, input_precision=PREC).to(dt)  # queries [BM, BL]
+        z = tl.dot(xt, wu_t, input_precision=PREC)  # [BM, BK], fp32
+        for c0 in range(0, D, BD):
+            cols = c0 + tl.arange(0, BD)
+            jt = _load_j_tile(ja, jv, offs_l, cols, L, DA, D)
+            c = _tanh(tl.dot(p, jt, input_precision=PREC) * scale)
+            wc_t = tl.load(w_c + offs_k[None, :] * D + cols[:, None],
+                           mask=(cols[:, None] < D) & mk[None, :], other=0.0)  # w_c^T tile [BD, BK]
+            z = tl.dot(c.to(dt), wc_t, z, input_precision=PREC)
+        h = tl.maximum(z, 0.0).to(dt)
+        out = xt.to(tl.float32) + tl.dot(h, wh_t, input_precision=PREC)  # out^T block [BM, BL]
+        tl.store(x_dst + offs_l[None, :] * DM + rows[:, None], out.to(dt), mask=mxt)
+
+
+@triton.jit
+def _copy_rows(src, dst, L, DM, BL: tl.constexpr, BD: tl.constexpr):
+    offs_l = tl.arange(0, BL)
+    for c0 in range(0, DM, BD):
+        cols = c0 + tl.arange(0, BD)
+        m = (offs_l[:, None] < L) & (cols[None, :] < DM)
+        offs = offs_l[:, None] * DM + cols[None, :]
+        tl.store(dst + offs, tl.load(src + offs, mask=m).to(dst.dtype.element_ty), mask=m)
+
+
+@triton.autotune(configs=_FWD_CONFIGS, key=["L", "DA", "DV", "K", "T"])
+@triton.jit
+def _rja_fwd_kernel(xa, xv, w_ja, w_jv, w_a, w_v, w_ca, w_cv, w_ha, w_hv,
+                    xa_out, xv_out, xa_it, xv_it,
+                    B, T, W_PER_ITER, L, DA, DV, K, scale,
+                    BL: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
+                    BM: tl.constexpr, BD: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    D = DA + DV
+    na = L * DA
+    nv = L * DV
+    # Iteration 0's input is the operator's input: copy it into the saved-features buffer.
+    _copy_rows(xa + b * na, xa_it + b * na, L, DA, BL, BD)
+    _copy_rows(xv + b * nv, xv_it + b * nv, L, DV, BL, BD)
+    tl.debug_barrier()
+    for i in range(T):
+        src_a = xa_it + (i * B + b) * na
+        src_v = xv_it + (i * B + b) * nv
+        if i + 1 < T:
+            dst_a = xa_it + ((i + 1) * B + b) * na
+            dst_v = xv_it + ((i + 1) * B + b) * nv
+        else:
+            dst_a = xa_out + b * na
+            dst_v = xv_out + b * nv
+        wi = i * W_PER_ITER  # 0 when one weight set is shared by every iteration
+        _fwd_modality(src_a, dst_a, src_a, src_v, w_ja + wi * L * L, w_a + wi * K * L, w_ca + wi * K * D,
+                      w_ha + wi * L * K, L, DA, DA, D, K, scale, BL, BK, BM, BD, PREC)
+        _fwd_modality(src_v, dst_v, src_a, src_v, w_jv + wi * L * L, w_v + wi * K * L, w_cv + wi * K * D,
+                      w_hv + wi * L * K, L, DV, DA, D, K, scale, BL, BK, BM, BD, PREC)
+        # Iteration i + 1 reads every row iteration i wrote (J couples all of them).
+        tl.debug_barrier()
+
+
+@triton.jit
+def _acc_store(ptr, val, mask, accumulate):
+    """`*ptr = val`, or `*ptr += val` when `accumulate`; the partial buffers start uninitialised."""
+    prev = tl.load(ptr, mask=mask & accumulate, other=0.0)
+    tl.store(ptr, prev + val, mask=mask)
+
+
+@triton.jit
+def _bwd_modality(x, ja, jv, g_cur, g_next, COL0, w_j, w_u, w_c, w_h, gw_j, gw_u, gw_c, gw_h, acc_w,
+                  L, DM, DA, D, K, scale,
+                  BL: tl.constexpr, BK: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
+                  PREC: tl.constexpr):
+    """Backward of one iteration of one modality of one sample (reference `_step_backward`).
+
+    `g_cur [L, D]` (fp32) is the gradient of this iteration's output; this adds the modality's
+    contributions to `g_next [L, D]` (gradient of its input) and stores the weight gradients
+    into this program's partial buffers (`+=` when `acc_w`)."""
+    dt = x.dtype.element_ty
+    offs_l = tl.arange(0, BL)
+    offs_k = tl.arange(0, BK)
+    ml = offs_l < L
+    mk = offs_k < K
+    mll = ml[:, None] & ml[None, :]
+    mlk = ml[:, None] & mk[None, :]
+    mkl = mk[:, None] & ml[None, :]
+    wj = tl.load(w_j + offs_l[:, None] * L + offs_l[None, :], mask=mll, other=0.0)
+    wu = tl.load(w_u + offs_k[:, None] * L + offs_l[None, :], mask=mkl, other=0.0)  # [BK, BL]
+    wh = tl.load(w_h + offs_l[:, None] * K + offs_k[None, :], mask=mlk, other=0.0)  # [BL, BK]
+    gwj = tl.zeros((BL, BL), tl.float32)
+    gwu = tl.zeros((BK, BL), tl.float32)
+    gwh = tl.zeros((BL, BK), tl.float32)
+    for r0 in range(0, DM, BM):
+        rows = r0 + tl.arange(0, BM)
+        mxt = (rows[:, None] < DM) & ml[None, :]
+        xt = tl.load(x + offs_l[None, :] * DM + rows[:, None], mask=mxt, other=0.0)  # [BM, BL]
+        got = tl.load(g_cur + offs_l[None, :] * D + COL0 + rows[:, None], mask=mxt, other=0.0)
+        p = tl.dot(xt, wj, input_precision=PREC).to(dt)
+        # Pass 1: rebuild Z of this row block.
+        z = tl.dot(xt, tl.trans(wu), input_precision=PREC)
+        for c0 in range(0, D, BD):
+            cols = c0 + tl.arange(0, BD)
+            jt = _load_j_tile(ja, jv, offs_l, cols, L, DA, D)
+            c = _tanh(tl.dot(p, jt, input_precision=PREC) * scale)
+            wc_t = tl.load(w_c + offs_k[None, :] * D + cols[:, None],
+                           mask=(cols[:, None] < D) & mk[None, :], other=0.0)
+            z = tl.dot(c.to(dt), wc_t, z, input_precision=PREC)
+        h = tl.maximum(z, 0.0).to(dt)
+        got_dt = got.to(dt)
+        gwh = tl.dot(tl.trans(got_dt), h, gwh, input_precision=PREC)  # dL/dw_h += g^T-block @ H
+        gz = tl.where(z > 0, tl.dot(got_dt, wh, input_precision=PREC), 0.0).to(dt)  # [BM, BK]
+        gz_t = tl.trans(gz)
+        gwu = tl.dot(gz_t, xt, gwu, input_precision=PREC)
+        # Pass 2: recompute C tile by tile for the gradients that need dZ.
+        gp = tl.zeros((BM, BL), tl.float32)
+        for c0 in range(0, D, BD):
+            cols = c0 + tl.arange(0, BD)
+            mcol = cols[None, :] < D
+            jt = _load_j_tile(ja, jv, offs_l, cols, L, DA, D)
+            c = _tanh(tl.dot(p, jt, input_precision=PREC) * scale)
+            mkd = mk[:, None] & mcol
+            wc = tl.load(w_c + offs_k[:, None] * D + cols[None, :], mask=mkd, other=0.0)  # [BK, BD]
+            gwc = tl.dot(gz_t, c.to(dt), input_precision=PREC)
+            _acc_store(gw_c + offs_k[:, None] * D + cols[None, :], gwc, mkd, acc_w | (r0 > 0))
+            gs = (tl.dot(gz, wc, input_precision=PREC) * (1.0 - c * c) * scale).to(dt)  # dL/dS
+            gp = tl.dot(gs, tl.trans(jt), gp, input_precision=PREC)
+            gj = tl.dot(tl.trans(p), gs, input_precision=PREC)  # dL/dJ tile [BL, BD]
+            _acc_store(g_next + offs_l[:, None] * D + cols[None, :], gj, ml[:, None] & mcol, True)
+            # The partial sums above are read back by the next row block: make them visible.
+            tl.debug_barrier()
+        gp_dt = gp.to(dt)
+        gwj = tl.dot(tl.trans(xt), gp_dt, gwj, input_precision=PREC)
+        # dL/dx^T of the block: residual + unimodal term + through P = x^T w_j.
+        gxt = got + tl.dot(gz, wu, input_precision=PREC) + tl.dot(gp_dt, tl.trans(wj), input_precision=PREC)
+        _acc_store(g_next + offs_l[None, :] * D + COL0 + rows[:, None], gxt, mxt, True)
+        tl.debug_barrier()
+    _acc_store(gw_j + offs_l[:, None] * L + offs_l[None, :], gwj, mll, acc_w)
+    _acc_store(gw_u + offs_k[:, None] * L + offs_l[None, :], gwu, mkl, acc_w)
+    _acc_store(gw_h + offs_l[:, None] * K + offs_k[None, :], gwh, mlk, acc_w)
+
+
+@triton.jit
+def _zero_rows(dst, L, D, BL: tl.constexpr, BD: tl.constexpr):
+    offs_l = tl.arange(0, BL)
+    for c0 in range(0, D, BD):
+        cols = c0 + tl.arange(0, BD)
+        tl.store(dst + offs_l[:, None] * D + cols[None, :], tl.zeros((BL, BD), tl.float32),
+                 mask=(offs_l[:, None] < L) & (cols[None, :] < D))
+
+
+@triton.jit
+def _copy_cols(src, dst, L, src_cols, dst_cols, col0_src, col0_dst, n, BL: tl.constexpr, BD: tl.constexpr):
+    """dst[:, col0_dst + j] = src[:, col0_src + j] for j < n, converting to dst's dtype."""
+    offs_l = tl.arange(0, BL)
+    for c0 in range(0, n, BD):
+        cols = c0 + tl.arange(0, BD)
+        m = (offs_l[:, None] < L) & (cols[None, :] < n)
+        v = tl.load(src + offs_l[:, None] * src_cols + col0_src + cols[None, :], mask=m)
+        tl.store(dst + offs_l[:, None] * dst_cols + col0_dst + cols[None, :], v.to(dst.dtype.element_ty), mask=m)
+
+
+@triton.autotune(configs=_BWD_CONFIGS, key=["L", "DA", "DV", "K", "T"])
+@triton.jit
+def _rja_bwd_kernel(grad_xa, grad_xv, xa_it, xv_it, w_ja, w_jv, w_a, w_v, w_ca, w_cv, w_ha, w_hv,
+                    gxa, gxv, g_scratch, p_ja, p_jv, p_a, p_v, p_ca, p_cv, p_ha, p_hv,
+                    B, T, TW, L, DA, DV, K, scale,
+                    BL: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
+                    BM: tl.constexpr, BD: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    D = DA + DV
+    na = L * DA
+    nv = L * DV
+    # Two fp32 [L, D] gradient buffers of this program, ping-ponged across iterations.
+    g0 = g_scratch + b * 2 * L * D
+    _copy_cols(grad_xa + b * na, g0, L, DA, D, 0, 0, DA, BL, BD)
+    _copy_cols(grad_xv + b * nv, g0, L, DV, D, 0, DA, DV, BL, BD)
+    # This program's slices of the [B, Tw, ...] weight-gradient partial buffers.
+    n_ll = TW * L * L
+    n_kl = TW * K * L
+    n_kd = TW * K * D
+    for t in range(T):
+        i = T - 1 - t  # last iteration first
+        g_cur = g0 + (t % 2) * L * D
+        g_next = g0 + ((t + 1) % 2) * L * D
+        _zero_rows(g_next, L, D, BL, BD)
+        tl.debug_barrier()
+        src_a = xa_it + (i * B + b) * na
+        src_v = xv_it + (i * B + b) * nv
+        shared = TW == 1
+        wi = tl.where(shared, 0, i)
+        acc_w = shared & (t > 0)  # shared weights sum their gradient over iterations
+        _bwd_modality(src_a, src_a, src_v, g_cur, g_next, 0,
+                      w_ja + wi * L * L, w_a + wi * K * L, w_ca + wi * K * D, w_ha + wi * L * K,
+                      p_ja + b * n_ll + wi * L * L, p_a + b * n_kl + wi * K * L,
+                      p_ca + b * n_kd + wi * K * D, p_ha + b * n_kl + wi * L * K, acc_w,
+                      L, DA, DA, D, K, scale, BL, BK, BM, BD, PREC)
+        _bwd_modality(src_v, src_a, src_v, g_cur, g_next, DA,
+                      w_jv + wi * L * L, w_v + wi * K * L, w_cv + wi * K * D, w_hv + wi * L * K,
+                      p_jv + b * n_ll + wi * L * L, p_v + b * n_kl + wi * K * L,
+                      p_cv + b * n_kd + wi * K * D, p_hv + b * n_kl + wi * L * K, acc_w,
+                      L, DV, DA, D, K, scale, BL, BK, BM, BD, PREC)
+        tl.debug_barrier()
+    g_fin = g0 + (T % 2) * L * D
+    _copy_cols(g_fin, gxa + b * na, L, D, DA, 0, 0, DA, BL, BD)
+    _copy_cols(g_fin, gxv + b * nv, L, D, DV, DA, 0, DV, BL, BD)
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # float32 follows torch's matmul setting: exact IEEE products unless the user allowed TF32.
+    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return "ieee"
+
+
+def _pad16(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))
+
+
+@triton_op("rja::triton_forward", mutates_args=())
+def triton_forward(
+    xa: Tensor, xv: Tensor, w_ja: Tensor, w_jv: Tensor, w_a: Tensor, w_v: Tensor,
+    w_ca: Tensor, w_cv: Tensor, w_ha: Tensor, w_hv: Tensor, iterations: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """All `iterations` of the forward in one launch; returns outputs and iteration inputs."""
+    xa, xv = xa.contiguous(), xv.contiguous()
+    weights = [w.contiguous() for w in (w_ja, w_jv, w_a, w_v, w_ca, w_cv, w_ha, w_hv)]
+    b, seq, da = xa.shape
+    dv = xv.shape[2]
+    tw, k = weights[2].shape[:2]
+    xa_out, xv_out = torch.empty_like(xa), torch.empty_like(xv)
+    xa_it = xa.new_empty((iterations, b, seq, da))
+    xv_it = xv.new_empty((iterations, b, seq, dv))
+    if b > 0:
+        wrap_triton(_rja_fwd_kernel)[(b,)](
+            xa, xv, *weights, xa_out, xv_out, xa_it, xv_it,
+            b, iterations, int(tw > 1), seq, da, dv, k, 1.0 / math.sqrt(da + dv),
+            BL=_pad16(seq), BK=_pad16(k), PREC=_dot_precision(xa.dtype))
+    return xa_out, xv_out, xa_it, xv_it
+
+
+@triton_op("rja::triton_backward", mutates_args=())
+def triton_backward(
+    grad_xa: Tensor, grad_xv: Tensor, xa_iters: Tensor, xv_iters: Tensor,
+    w_ja: Tensor, w_jv: Tensor, w_a: Tensor, w_v: Tensor,
+    w_ca: Tensor, w_cv: Tensor, w_ha: Tensor, w_hv: Tensor,
+) -> list[Tensor]:
+    """The whole backward in one launch, then a deterministic sum of per-sample weight gradients."""
+    grad_xa, grad_xv = grad_xa.contiguous(), grad_xv.contiguous()
+    xa_iters, xv_iters = xa_iters.contiguous(), xv_iters.contiguous()
+    weights = [w.contiguous() for w in (w_ja, w_jv, w_a, w_v, w_ca, w_cv, w_ha, w_hv)]
+    t, b, seq, da = xa_iters.shape
+    dv = xv_iters.shape[3]
+    tw, k = weights[2].shape[:2]
+    gxa, gxv = torch.empty_like(grad_xa), torch.empty_like(grad_xv)
+    # Per-program fp32 partials of the weight gradients, reduced below with .sum(0): deterministic,
+    # unlike fp32 atomics, and cheap next to the kernel (B * |weights| floats).
+    partials = [torch.empty((b, *w.shape), device=w.device, dtype=torch.float32) for w in weights]
+    if b > 0:
+        scratch = torch.empty((b, 2, seq, da + dv), device=grad_xa.device, dtype=torch.float32)
+        wrap_triton(_rja_bwd_kernel)[(b,)](
+            grad_xa, grad_xv, xa_iters, xv_iters, *weights, gxa, gxv, scratch, *partials,
+            b, t, tw, seq, da, dv, k, 1.0 / math.sqrt(da + dv),
+            BL=_pad16(seq), BK=_pad16(k), PREC=_dot_precision(grad_xa.dtype))
+    return [gxa, gxv, *(p.sum(0).to(w.dtype) for p, w in zip(partials, weights))]
