@@ -115,7 +115,9 @@ def _draw_faces(rng: np.random.Generator, cues: dict[str, np.ndarray], fps: floa
         image = Image.new("RGB", (s, s), tuple(int(60 * brightness[i]) for _ in range(3)))
         draw = ImageDraw.Draw(image)
         cx, cy = s / 2 + dx[i], s / 2 + dy[i]
-        draw.ellipse((cx - 0.32 * s, cy - 0.42 * s, cx + 0.32 * s, cy + 0.42 * s), fill=tuple((skin * brightness[i]).astype(int)))
+        draw.ellipse(
+            (cx - 0.32 * s, cy - 0.42 * s, cx + 0.32 * s, cy + 0.42 * s), fill=tuple((skin * brightness[i]).astype(int))
+        )
         openness = 0.015 * s + 0.05 * s * (cues["vis_valence"][i] + 1) / 2
         for side in (-1, 1):
             ex, ey = cx + side * 0.14 * s, cy - 0.1 * s
@@ -130,7 +132,12 @@ def _draw_faces(rng: np.random.Generator, cues: dict[str, np.ndarray], fps: floa
 
 
 def _voice(
-    rng: np.random.Generator, cues: dict[str, np.ndarray], fps: float, sample_rate: int, num_samples: int, base_hz: float
+    rng: np.random.Generator,
+    cues: dict[str, np.ndarray],
+    fps: float,
+    sample_rate: int,
+    num_samples: int,
+    base_hz: float,
 ) -> np.ndarray:
     """float32 [num_samples]: a harmonic tone with a syllable envelope driven by the audio cues."""
     t = np.arange(num_samples) / sample_rate
@@ -181,9 +188,16 @@ def generate_synthetic_dataset(
     """
     root = Path(root)
     params = {
-        "num_videos": num_videos, "seconds": seconds, "fps": fps, "val_fraction": val_fraction, "seed": seed,
-        "image_size": image_size, "sample_rate": sample_rate, "two_person": two_person, "format": 1,
-    }  # fmt: skip
+        "num_videos": num_videos,
+        "seconds": seconds,
+        "fps": fps,
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "image_size": image_size,
+        "sample_rate": sample_rate,
+        "two_person": two_person,
+        "format": 1,
+    }
     marker = root / MARKER
     if marker.exists() and json.loads(marker.read_text()) == params:
         return root
@@ -215,7 +229,9 @@ def generate_synthetic_dataset(
             for f in range(n):
                 if f not in missing:
                     Image.fromarray(face[f]).save(crops / f"{f + 1:05d}.jpg", quality=92)
-            _write_annotation(root / "VA_Estimation_Challenge" / split / f"{name}{person}.txt", valence, arousal, invalid)
+            _write_annotation(
+                root / "VA_Estimation_Challenge" / split / f"{name}{person}.txt", valence, arousal, invalid
+            )
         audio = sum(voices) / len(voices) + rng.normal(0.0, 0.01, num_samples)
         write_av_file(
             root / "videos" / f"{name}.mp4",
