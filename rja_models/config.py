@@ -1,0 +1,147 @@
+"""Typed configuration of the audio-visual model; stored as a plain dict inside every checkpoint.
+
+`ABLATIONS` maps the variants of the paper's Table 1 and the baselines of its Table 3 to config
+overrides, so each is a switch (`ModelConfig.ablation("blstms_t2")`), not a code edit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+FUSIONS = ("rja", "concat", "audio", "visual")
+POOLINGS = ("audio_guided", "avg")
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """The regression targets: their names (one output each) and the range outputs are squashed to."""
+
+    names: tuple[str, ...] = ("valence", "arousal")
+    low: float = -1.0
+    high: float = 1.0
+
+    def __post_init__(self) -> None:
+        # Accept lists (JSON/YAML) but store a tuple so the config stays hashable and comparable.
+        object.__setattr__(self, "names", tuple(self.names))
+        if not self.names:
+            raise ValueError("TargetConfig.names must name at least one target")
+        if len(set(self.names)) != len(self.names):
+            raise ValueError(f"TargetConfig.names must be unique, got {self.names}")
+        if not self.low < self.high:
+            raise ValueError(f"TargetConfig needs low < high, got low={self.low}, high={self.high}")
+
+    @property
+    def count(self) -> int:
+        return len(self.names)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Every switch of `rja_models.model.RJAModel`. Sizes follow the paper (ResNet-18 audio and R3D-18
+    visual features of 512, L clips of F frames, k = 32, T = 2)."""
+
+    targets: TargetConfig = field(default_factory=TargetConfig)
+    da: int = 512
+    dv: int = 512
+    clips: int = 8  # L: clips per sub-sequence; the fusion weights are [Tw, L, L], so L is fixed
+    clip_frames: int = 8  # F: frames per clip; clip predictions are broadcast to these frames
+    sample_rate: int = 16000
+    n_mels: int = 64
+    n_fft: int = 512
+    hop_length: int = 160  # 10 ms at 16 kHz
+    image_size: int = 112
+    attention_hidden: int = 32  # k
+    iterations: int = 2  # T
+    shared_weights: bool = False  # True: one weight set for every iteration (Tw = 1), else Tw = T
+    unimodal_blstm: bool = True
+    joint_blstm: bool = True
+    lstm_hidden: int = 256  # J-BLSTM hidden size per direction; the U-BLSTMs keep da/dv (da//2 per direction)
+    head_hidden: int = 128
+    pooling_hidden: int = 256  # hidden size of the audio-guided spatial attention
+    fusion: str = "rja"
+    backend: str = "auto"
+    visual_pooling: str = "audio_guided"
+    use_backbones: bool = True  # False: forward takes precomputed per-clip features xa, xv only
+    audio_backbone_weights: str | None = None
+    visual_backbone_weights: str | None = None
+    dropout: float = 0.2
+
+    def __post_init__(self) -> None:
+        if isinstance(self.targets, dict):
+            object.__setattr__(self, "targets", TargetConfig(**self.targets))
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if self.visual_pooling not in POOLINGS:
+            raise ValueError(f"visual_pooling must be one of {POOLINGS}, got {self.visual_pooling!r}")
+        if self.visual_pooling == "audio_guided" and not self.uses_audio and self.use_backbones:
+            raise ValueError("visual_pooling='audio_guided' needs the audio branch; use 'avg' with fusion='visual'")
+        for name in ("da", "dv", "clips", "clip_frames", "sample_rate", "n_mels", "n_fft", "hop_length",
+                     "image_size", "attention_hidden", "iterations", "lstm_hidden", "head_hidden",
+                     "pooling_hidden"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.unimodal_blstm and (self.da % 2 or self.dv % 2):
+            raise ValueError(f"the U-BLSTMs keep the feature size (d//2 per direction): da={self.da} and "
+                             f"dv={self.dv} must be even")
+        if self.use_backbones and (self.da != 512 or self.dv != 512):
+            raise ValueError(f"the ResNet-18 and R3D-18 backbones give 512 features; da={self.da}, dv={self.dv} "
+                             "need use_backbones=False")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def uses_audio(self) -> bool:
+        return self.fusion != "visual"
+
+    @property
+    def uses_visual(self) -> bool:
+        return self.fusion != "audio"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (tuples become lists); `from_dict` inverts it."""
+        d = dataclasses.asdict(self)
+        d["targets"]["names"] = list(self.targets.names)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields {sorted(unknown)}")
+        return cls(**{**d, "targets": TargetConfig(**d["targets"]) if "targets" in d else TargetConfig()})
+
+    def replace(self, **overrides: Any) -> ModelConfig:
+        return dataclasses.replace(self, **overrides)
+
+    @classmethod
+    def ablation(cls, name: str, base: ModelConfig | None = None, **overrides: Any) -> ModelConfig:
+        """`base` (default config if None) with the overrides of `ABLATIONS[name]`, then `overrides`."""
+        if name not in ABLATIONS:
+            raise ValueError(f"unknown ablation {name!r}; expected one of {sorted(ABLATIONS)}")
+        return dataclasses.replace(base if base is not None else cls(), **{**ABLATIONS[name], **overrides})
+
+
+def _blstms(unimodal: bool, joint: bool, iterations: int) -> dict[str, Any]:
+    return {"fusion": "rja", "unimodal_blstm": unimodal, "joint_blstm": joint, "iterations": iterations}
+
+
+ABLATIONS: dict[str, dict[str, Any]] = {
+    # Table 1, "JA Fusion w/o Recursion" (t = 1)
+    "no_ublstm_t1": _blstms(False, True, 1),
+    "no_jblstm_t1": _blstms(True, False, 1),
+    "blstms_t1": _blstms(True, True, 1),
+    # Table 1, "JA Fusion w/ Recursion"
+    "no_blstms_t2": _blstms(False, False, 2),
+    "blstms_t2": _blstms(True, True, 2),  # the paper's best, equal to the default config
+    "blstms_t3": _blstms(True, True, 3),
+    "blstms_t4": _blstms(True, True, 4),
+    # One weight set shared by both iterations (Tw = 1) instead of one per iteration
+    "blstms_t2_shared": {**_blstms(True, True, 2), "shared_weights": True},
+    # Baselines (paper's Table 3): single modalities and plain feature concatenation
+    "audio_only": {"fusion": "audio"},
+    "visual_only": {"fusion": "visual", "visual_pooling": "avg"},
+    "concat": {"fusion": "concat"},
+}
