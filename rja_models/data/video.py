@@ -53,7 +53,7 @@ def _open(path: Path) -> av.container.InputContainer:
     try:
         return av.open(str(path))
     except (av.error.FFmpegError, OSError) as e:
-        raise DataError(path, f"cannot open as a video file ({e})") from e
+        raise DataError(path, f"unreadable or truncated video file, cannot open it ({e})") from e
 
 
 def _nominal_fps(stream: av.video.stream.VideoStream, timestamps: np.ndarray) -> float:
@@ -84,13 +84,13 @@ def probe_video(path: str | Path) -> VideoInfo:
     try:
         st = os.stat(path)
     except OSError as e:
-        raise DataError(path, f"cannot open as a video file ({e})") from e
+        raise DataError(path, f"unreadable or truncated video file, cannot open it ({e})") from e
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key in _INFO_CACHE:
         return _INFO_CACHE[key]
     with _open(path) as container:
         if not container.streams.video:
-            raise DataError(path, "has no video stream")
+            raise DataError(path, "has no video stream (unreadable, truncated or not a video file)")
         stream = container.streams.video[0]
         pts = []
         try:
