@@ -94,10 +94,10 @@ def _cues(rng: np.random.Generator, valence: np.ndarray, arousal: np.ndarray, fp
         return np.clip(strength * target + noise * _smooth_curve(rng, n, fps, max_hz=0.8), -1.0, 1.0)
 
     return {
-        "vis_valence": seen(1.0, valence, 0.3),
-        "vis_arousal": seen(0.4, arousal, 0.6),
-        "aud_arousal": seen(1.0, arousal, 0.3),
-        "aud_valence": seen(0.4, valence, 0.6),
+        "vis_valence": seen(1.0, valence, 0.5),
+        "vis_arousal": seen(0.6, arousal, 0.5),
+        "aud_arousal": seen(1.0, arousal, 0.5),
+        "aud_valence": seen(0.6, valence, 0.5),
     }
 
 
