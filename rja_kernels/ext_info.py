@@ -9,7 +9,7 @@ import sys
 def extension_status() -> dict[str, str]:
     """Module name -> 'built (<path>)' or the reason it cannot be imported."""
     status = {}
-    for module in ("rja_kernels._C", "rja_kernels._C_cuda"):
+    for module in ("rja_kernels._C", "rja_kernels._C_cuda", "rja_kernels._C_cuda_emu"):
         try:
             status[module] = f"built ({importlib.import_module(module).__file__})"
         except ImportError as err:

@@ -1,0 +1,88 @@
+// What the kernel source needs from CUDA, in two builds: nvcc (the real thing) and the host
+// compiler with RJA_EMULATE (csrc/emu/emu.h, which checks every memory access and barrier).
+//
+// Kernels reach memory only through Ptr<T> (a raw pointer under nvcc, a bounds-checked view under
+// the emulator), slice() (a named sub-buffer) and the RJA_*_SHARED macros.
+#pragma once
+
+#include <cstdint>
+
+#ifdef RJA_EMULATE
+
+#include "../emu/emu.h"
+
+#define RJA_DEVICE inline
+#define RJA_HOST_DEVICE inline
+
+namespace rja {
+using emu::Ptr;
+using emu::slice;
+template <class T>
+Ptr<T> make_ptr(T* p, std::int64_t n, const char* name) {
+  return Ptr<T>(p, n, name);
+}
+}  // namespace rja
+
+#define RJA_DYNAMIC_SHARED(T, name) ::emu::Ptr<T> name = ::emu::dynamic_shared<T>(#name)
+#define RJA_STATIC_SHARED(T, name, count) \
+  static const char name##_declaration_ = 0; \
+  ::emu::Ptr<T> name = ::emu::static_shared<T>(&name##_declaration_, (count), #name)
+
+#else  // nvcc
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#define RJA_DEVICE __device__ __forceinline__
+#define RJA_HOST_DEVICE __host__ __device__ __forceinline__
+
+namespace rja {
+template <class T>
+using Ptr = T*;
+template <class T>
+RJA_HOST_DEVICE T* slice(T* p, std::int64_t off, std::int64_t /*n*/, const char* /*name*/) {
+  return p + off;
+}
+template <class T>
+inline T* make_ptr(T* p, std::int64_t /*n*/, const char* /*name*/) {
+  return p;
+}
+}  // namespace rja
+
+// One untyped declaration for every kernel: typed `extern __shared__` arrays of different template
+// instantiations would conflict.
+#define RJA_DYNAMIC_SHARED(T, name)                                    \
+  extern __shared__ __align__(16) unsigned char rja_dynamic_shared_[]; \
+  T* name = reinterpret_cast<T*>(rja_dynamic_shared_)
+#define RJA_STATIC_SHARED(T, name, count) \
+  __shared__ T name##_storage_[count];    \
+  T* name = name##_storage_
+
+#endif
+
+namespace rja {
+
+// Loads and stores of the three element types; arithmetic is always float.
+RJA_DEVICE float to_float(float v) { return v; }
+RJA_DEVICE float to_float(__half v) { return __half2float(v); }
+RJA_DEVICE float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <class K>
+RJA_DEVICE K from_float(float v);
+template <>
+RJA_DEVICE float from_float<float>(float v) {
+  return v;
+}
+template <>
+RJA_DEVICE __half from_float<__half>(float v) {
+  return __float2half_rn(v);
+}
+template <>
+RJA_DEVICE __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+}  // namespace rja
+
+// Block-stride loop: thread t takes indices t, t + blockDim.x, ... below n.
+#define RJA_BLOCK_LOOP(i, n) for (int i = int(threadIdx.x); i < (n); i += int(blockDim.x))

@@ -1,0 +1,160 @@
+// Host side of the kernels, shared by the CUDA extension (rja_cuda.cu) and the emulated build
+// (csrc/emu/module.cpp): argument checks, output allocation, shared memory sizing and launch.
+// Include after the torch headers: the emulated build's CUDA names are macros.
+#pragma once
+
+#include <torch/types.h>
+
+#include <cmath>
+#include <vector>
+
+#include "kernels.cuh"
+
+#ifndef RJA_EMULATE
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#endif
+
+namespace rja {
+
+// Launch shape: threads per block, rows of x^T and joint features per tile.
+struct Config {
+  int threads = 256, rows = 32, cols = 64;
+};
+
+#ifdef RJA_EMULATE
+inline std::size_t max_shared_bytes() { return emu::kMaxSharedBytes; }
+
+template <class... KArgs, class... Args>
+void launch(void (*kernel)(KArgs...), int grid, int block, std::size_t shared_bytes, Args&&... args) {
+  emu::launch(kernel, emu::dim3(unsigned(grid)), emu::dim3(unsigned(block)), shared_bytes, std::forward<Args>(args)...);
+}
+#else
+inline std::size_t max_shared_bytes() { return at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin; }
+
+template <class... KArgs, class... Args>
+void launch(void (*kernel)(KArgs...), int grid, int block, std::size_t shared_bytes, Args&&... args) {
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared_bytes)));
+  kernel<<<grid, block, shared_bytes, at::cuda::getCurrentCUDAStream()>>>(std::forward<Args>(args)...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+#endif
+
+// Runs f with a value of the kernel element type of `dtype`.
+template <class F>
+void dispatch_element(at::ScalarType dtype, F&& f) {
+  switch (dtype) {
+    case at::kFloat: f(float{}); break;
+    case at::kHalf: f(__half{}); break;
+    case at::kBFloat16: f(__nv_bfloat16{}); break;
+    default: TORCH_CHECK(false, "rja cuda kernels support float32, float16 and bfloat16, got ", dtype);
+  }
+}
+
+template <class T>
+Ptr<T> ptr(const at::Tensor& t, const char* name) {
+  return make_ptr(reinterpret_cast<T*>(t.data_ptr()), t.numel(), name);
+}
+
+inline Dims dims_of(int64_t B, int64_t L, int64_t da, int64_t dv, int64_t k, int64_t T, int64_t Tw, const Config& cfg) {
+  TORCH_CHECK(cfg.threads >= 32 && cfg.threads <= 1024 && cfg.rows >= 1 && cfg.cols >= 1,
+              "rja cuda: bad launch config: threads=", cfg.threads, " rows=", cfg.rows, " cols=", cfg.cols);
+  return Dims{int(B), int(L), int(da), int(dv), int(k), int(T), int(Tw), cfg.rows, cfg.cols,
+              float(1.0 / std::sqrt(double(da + dv)))};
+}
+
+inline std::size_t shared_bytes_checked(const Dims& s, bool backward) {
+  const std::size_t bytes = std::size_t(SmemLayout(s, backward).total) * sizeof(float);
+  TORCH_CHECK(bytes <= max_shared_bytes(), "rja cuda ", backward ? "backward" : "forward", " needs ", bytes,
+              " bytes of shared memory per block for L=", s.L, ", k=", s.k, " (tiles of ", s.R, " rows, ", s.E,
+              " features); the device allows ", max_shared_bytes());
+  return bytes;
+}
+
+inline void check_weights(const at::Tensor& xa, at::TensorList w) {
+  TORCH_CHECK(w.size() == 8, "rja cuda: expected 8 weights, got ", w.size());
+  for (const auto& t : w) {
+    TORCH_CHECK(t.is_contiguous() && t.dtype() == xa.dtype() && t.device() == xa.device() && t.dim() == 3,
+                "rja cuda: weights must be contiguous 3-D tensors of xa's dtype and device");
+  }
+}
+
+// forward(xa, xv, weights, T) -> (xa_out, xv_out, xa_iters [T, B, L, da], xv_iters [T, B, L, dv])
+inline std::vector<at::Tensor> forward(const at::Tensor& xa, const at::Tensor& xv, at::TensorList w,
+                                       int64_t iterations, const Config& cfg) {
+  TORCH_CHECK(xa.is_contiguous() && xv.is_contiguous() && xa.dim() == 3 && xv.dim() == 3, "rja cuda: xa, xv must be contiguous 3-D");
+  check_weights(xa, w);
+  const int64_t B = xa.size(0), L = xa.size(1), da = xa.size(2), dv = xv.size(2);
+  const Dims s = dims_of(B, L, da, dv, w[2].size(1), iterations, w[2].size(0), cfg);
+  auto xa_iters = at::empty({iterations, B, L, da}, xa.options());
+  auto xv_iters = at::empty({iterations, B, L, dv}, xv.options());
+  auto xa_out = at::empty_like(xa), xv_out = at::empty_like(xv);
+  if (B == 0) return {xa_out, xv_out, xa_iters, xv_iters};  // a zero-sized grid is a launch error
+  const std::size_t smem = shared_bytes_checked(s, false);
+  dispatch_element(xa.scalar_type(), [&](auto tag) {
+    using K = decltype(tag);
+    ForwardArgs<K> a;
+    a.xa = ptr<const K>(xa, "xa");
+    a.xv = ptr<const K>(xv, "xv");
+    static const char* const names[8] = {"w_ja", "w_jv", "w_a", "w_v", "w_ca", "w_cv", "w_ha", "w_hv"};
+    for (int i = 0; i < 8; ++i) a.w[i] = ptr<const K>(w[i], names[i]);
+    a.xa_iters = ptr<K>(xa_iters, "xa_iters");
+    a.xv_iters = ptr<K>(xv_iters, "xv_iters");
+    a.xa_out = ptr<K>(xa_out, "xa_out");
+    a.xv_out = ptr<K>(xv_out, "xv_out");
+    a.s = s;
+    launch(forward_kernel<K>, int(B), cfg.threads, smem, a);
+  });
+  return {xa_out, xv_out, xa_iters, xv_iters};
+}
+
+// backward(grad_xa, grad_xv, xa_iters, xv_iters, weights) -> grads of (xa, xv, *weights)
+inline std::vector<at::Tensor> backward(const at::Tensor& grad_xa, const at::Tensor& grad_xv, const at::Tensor& xa_iters,
+                                        const at::Tensor& xv_iters, at::TensorList w, const Config& cfg) {
+  for (const auto* t : {&grad_xa, &grad_xv, &xa_iters, &xv_iters}) {
+    TORCH_CHECK(t->is_contiguous() && t->dtype() == xa_iters.dtype(), "rja cuda: gradients and saved features must be contiguous, of one dtype");
+  }
+  check_weights(xa_iters, w);
+  const int64_t T = xa_iters.size(0), B = xa_iters.size(1), L = xa_iters.size(2), da = xa_iters.size(3);
+  const int64_t dv = xv_iters.size(3), Tw = w[2].size(0);
+  const Dims s = dims_of(B, L, da, dv, w[2].size(1), T, Tw, cfg);
+  auto grad_xa_in = at::empty_like(grad_xa), grad_xv_in = at::empty_like(grad_xv);
+  const auto f32 = grad_xa.options().dtype(at::kFloat);
+  // Per-block partials, reduced below by a deterministic sum over the batch: no atomics, so the
+  // weight gradients are bitwise reproducible, and the partials cost O(B * weights) memory only.
+  std::vector<at::Tensor> partials;
+  for (const auto& t : w) {
+    std::vector<int64_t> shape{B};
+    shape.insert(shape.end(), t.sizes().begin(), t.sizes().end());
+    partials.push_back(at::empty(shape, f32));
+  }
+  if (B > 0) {
+    const std::size_t smem = shared_bytes_checked(s, true);
+    auto work = at::empty({B, Workspace::floats(s)}, f32);
+    dispatch_element(xa_iters.scalar_type(), [&](auto tag) {
+      using K = decltype(tag);
+      BackwardArgs<K> a;
+      a.grad_xa = ptr<const K>(grad_xa, "grad_xa");
+      a.grad_xv = ptr<const K>(grad_xv, "grad_xv");
+      a.xa_iters = ptr<const K>(xa_iters, "xa_iters");
+      a.xv_iters = ptr<const K>(xv_iters, "xv_iters");
+      static const char* const names[8] = {"w_ja", "w_jv", "w_a", "w_v", "w_ca", "w_cv", "w_ha", "w_hv"};
+      static const char* const grad_names[8] = {"grad_w_ja", "grad_w_jv", "grad_w_a",  "grad_w_v",
+                                                "grad_w_ca", "grad_w_cv", "grad_w_ha", "grad_w_hv"};
+      for (int i = 0; i < 8; ++i) {
+        a.w[i] = ptr<const K>(w[i], names[i]);
+        a.grad_w[i] = ptr<float>(partials[i], grad_names[i]);
+      }
+      a.grad_xa_in = ptr<K>(grad_xa_in, "grad_xa_in");
+      a.grad_xv_in = ptr<K>(grad_xv_in, "grad_xv_in");
+      a.work = ptr<float>(work, "work");
+      a.s = s;
+      launch(backward_kernel<K>, int(B), cfg.threads, smem, a);
+    });
+  }
+  std::vector<at::Tensor> grads{grad_xa_in, grad_xv_in};
+  for (const auto& p : partials) grads.push_back(p.sum(0).to(grad_xa.scalar_type()));
+  return grads;
+}
+
+}  // namespace rja

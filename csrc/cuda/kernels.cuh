@@ -1,0 +1,447 @@
+// The fused kernels of the recursive joint attention operator (shared/SPEC.md), compiled by nvcc
+// for the GPU and by the host compiler against csrc/emu/emu.h for the CPU tests.
+//
+// One thread block per batch element owns the whole sample, so all T iterations run in one launch:
+// the block writes iteration i's outputs to global memory (xa_iters/xv_iters[i + 1]) and
+// synchronises before iteration i + 1 reads them as its joint features J. Per modality m (rows
+// r of x_m^T, dm of them) the block takes R rows at a time:
+//   P = x^T w_j                                  [R, L]   in shared memory
+//   for each tile of E joint features:           (J and w_c tiles staged in shared memory)
+//     C = tanh(P J_tile / sqrt(d))               [R, E]   in shared memory, never global
+//     Z += C w_c_tile^T                          [R, k]
+//   Z += x^T w_u^T;  out = x + (relu(Z) w_h^T)^T
+// The backward pass runs the iterations in reverse in one launch and recomputes the C tiles.
+#pragma once
+
+#include "compat.cuh"
+
+namespace rja {
+
+struct Dims {
+  int B, L, da, dv, k, T, Tw;
+  int R, E;  // rows of x^T and joint features per tile
+  float scale;
+  RJA_HOST_DEVICE int d() const { return da + dv; }
+};
+
+// Shared memory of one block, in floats. Strides k + 1 and E + 1 keep the column walks of the
+// Z and w_c tiles free of bank conflicts.
+struct SmemLayout {
+  int wj, wu, wh, P, Jt, Wct, C, Z;  // forward and backward
+  int G, gZ, gS, gWc, gJ;            // backward only
+  int total;
+  RJA_HOST_DEVICE SmemLayout(const Dims& s, bool backward) {
+    const int L = s.L, k = s.k, R = s.R, E = s.E;
+    wj = 0;
+    wu = wj + L * L;
+    wh = wu + k * L;
+    P = wh + L * k;
+    Jt = P + R * L;
+    Wct = Jt + L * E;
+    C = Wct + k * (E + 1);
+    Z = C + R * E;
+    G = Z + R * (k + 1);
+    gZ = G + L * R;
+    gS = gZ + R * (k + 1);
+    gWc = gS + R * E;
+    gJ = gWc + k * E;
+    total = backward ? gJ + L * E : G;
+  }
+};
+
+struct Tiles {
+  Ptr<float> wj, wu, wh;  // this modality's w_j [L, L], w_u [k, L], w_h [L, k]
+  Ptr<float> P;           // [R, L]
+  Ptr<float> Jt;          // [L, E]   joint-feature tile
+  Ptr<float> Wct;         // [k, E+1] w_c tile
+  Ptr<float> C;           // [R, E]   tanh tile
+  Ptr<float> Z;           // [R, k+1] pre-activation of the attention map
+  Ptr<float> G;           // [L, R]   backward: incoming gradient of the rows
+  Ptr<float> gZ;          // [R, k+1] backward: gradient of Z
+  Ptr<float> gS;          // [R, E]   backward: gradient of the pre-tanh tile
+  Ptr<float> gWc;         // [k, E]   backward: w_c gradient of the column tile
+  Ptr<float> gJ;          // [L, E]   backward: J gradient of the column tile
+
+  RJA_DEVICE Tiles(Ptr<float> smem, const Dims& s, bool backward) {
+    const SmemLayout at(s, backward);
+    const int L = s.L, k = s.k, R = s.R, E = s.E;
+    wj = slice(smem, at.wj, L * L, "smem.wj");
+    wu = slice(smem, at.wu, k * L, "smem.wu");
+    wh = slice(smem, at.wh, L * k, "smem.wh");
+    P = slice(smem, at.P, R * L, "smem.P");
+    Jt = slice(smem, at.Jt, L * E, "smem.Jt");
+    Wct = slice(smem, at.Wct, k * (E + 1), "smem.Wct");
+    C = slice(smem, at.C, R * E, "smem.C");
+    Z = slice(smem, at.Z, R * (k + 1), "smem.Z");
+    if (backward) {
+      G = slice(smem, at.G, L * R, "smem.G");
+      gZ = slice(smem, at.gZ, R * (k + 1), "smem.gZ");
+      gS = slice(smem, at.gS, R * E, "smem.gS");
+      gWc = slice(smem, at.gWc, k * E, "smem.gWc");
+      gJ = slice(smem, at.gJ, L * E, "smem.gJ");
+    }
+  }
+};
+
+// J = [xa | xv] of one sample at one iteration, [L, d].
+template <class K>
+struct Joint {
+  Ptr<const K> a, v;
+  int da, dv;
+  RJA_DEVICE float operator()(int l, int c) const {
+    return c < da ? to_float(a[l * da + c]) : to_float(v[l * dv + c - da]);
+  }
+};
+
+// One modality at one iteration: its features x [L, dm], which are columns [off, off + dm) of J
+// (and rows [off, off + dm) of the backward workspaces), and this iteration's weights.
+template <class K>
+struct Modality {
+  Ptr<const K> x;
+  int dm, off;
+  Ptr<const K> wj, wu, wc, wh;  // [L, L], [k, L], [k, d], [L, k]
+};
+
+template <class K>
+RJA_DEVICE Modality<K> modality(Ptr<const K> x, int dm, int off, const Ptr<const K>* w, int first, int wi,
+                                const Dims& s) {
+  const int L = s.L, k = s.k;
+  // w = {w_ja, w_jv, w_a, w_v, w_ca, w_cv, w_ha, w_hv}; first = 0 for audio, 1 for visual.
+  return {x, dm, off,
+          slice(w[first], std::int64_t(wi) * L * L, L * L, "w_j[i]"),
+          slice(w[2 + first], std::int64_t(wi) * k * L, k * L, "w_u[i]"),
+          slice(w[4 + first], std::int64_t(wi) * k * s.d(), k * s.d(), "w_c[i]"),
+          slice(w[6 + first], std::int64_t(wi) * L * k, L * k, "w_h[i]")};
+}
+
+template <class K>
+RJA_DEVICE void load_small_weights(const Modality<K>& m, const Tiles& t, const Dims& s) {
+  RJA_BLOCK_LOOP(i, s.L * s.L) t.wj[i] = to_float(m.wj[i]);
+  RJA_BLOCK_LOOP(i, s.k * s.L) t.wu[i] = to_float(m.wu[i]);
+  RJA_BLOCK_LOOP(i, s.L * s.k) t.wh[i] = to_float(m.wh[i]);
+}
+
+// Stages the joint-feature tile J[:, col0 : col0 + cols].
+template <class K>
+RJA_DEVICE void load_joint_tile(const Joint<K>& J, const Tiles& t, const Dims& s, int col0, int cols) {
+  RJA_BLOCK_LOOP(i, s.L * cols) {
+    const int l = i / cols, e = i % cols;
+    t.Jt[l * s.E + e] = J(l, col0 + e);
+  }
+}
+
+template <class K>
+RJA_DEVICE void load_wc_tile(const Modality<K>& m, const Tiles& t, const Dims& s, int col0, int cols) {
+  RJA_BLOCK_LOOP(i, s.k * cols) {
+    const int c = i / cols, e = i % cols;
+    t.Wct[c * (s.E + 1) + e] = to_float(m.wc[c * s.d() + col0 + e]);
+  }
+}
+
+// C = tanh(P J_tile * scale) for the staged P rows and J tile.
+RJA_DEVICE void tanh_tile(const Tiles& t, const Dims& s, int rows, int cols) {
+  RJA_BLOCK_LOOP(i, rows * cols) {
+    const int r = i / cols, e = i % cols;
+    float acc = 0.f;
+    for (int l = 0; l < s.L; ++l) acc += t.P[r * s.L + l] * t.Jt[l * s.E + e];
+    t.C[r * s.E + e] = tanhf(acc * s.scale);
+  }
+}
+
+// Z of rows [row0, row0 + rows) of modality m, streaming over the joint features in tiles of E;
+// leaves P and Z in shared memory. Expects the small weights staged and synchronised.
+template <class K>
+RJA_DEVICE void attention_rows(const Modality<K>& m, const Joint<K>& J, const Tiles& t, const Dims& s, int row0,
+                               int rows) {
+  const int L = s.L, k = s.k, d = s.d();
+  RJA_BLOCK_LOOP(i, rows * L) {
+    const int r = i / L, l = i % L;
+    float acc = 0.f;
+    for (int lp = 0; lp < L; ++lp) acc += to_float(m.x[lp * m.dm + row0 + r]) * t.wj[lp * L + l];
+    t.P[r * L + l] = acc;
+  }
+  RJA_BLOCK_LOOP(i, rows * k) {  // the unimodal term x^T w_u^T
+    const int r = i / k, c = i % k;
+    float acc = 0.f;
+    for (int l = 0; l < L; ++l) acc += to_float(m.x[l * m.dm + row0 + r]) * t.wu[c * L + l];
+    t.Z[r * (k + 1) + c] = acc;
+  }
+  for (int col0 = 0; col0 < d; col0 += s.E) {
+    const int cols = d - col0 < s.E ? d - col0 : s.E;
+    __syncthreads();  // P is complete; the previous tile's readers are done
+    load_joint_tile(J, t, s, col0, cols);
+    load_wc_tile(m, t, s, col0, cols);
+    __syncthreads();
+    tanh_tile(t, s, rows, cols);
+    __syncthreads();
+    RJA_BLOCK_LOOP(i, rows * k) {  // same (r, c) ownership as the initialisation above
+      const int r = i / k, c = i % k;
+      float acc = 0.f;
+      for (int e = 0; e < cols; ++e) acc += t.C[r * s.E + e] * t.Wct[c * (s.E + 1) + e];
+      t.Z[r * (k + 1) + c] += acc;
+    }
+  }
+  __syncthreads();
+}
+
+template <class K>
+struct ForwardArgs {
+  Ptr<const K> xa, xv;  // [B, L, da], [B, L, dv]
+  Ptr<const K> w[8];    // w_ja, w_jv, w_a, w_v, w_ca, w_cv, w_ha, w_hv, each [Tw, ...]
+  Ptr<K> xa_iters, xv_iters;  // [T, B, L, da|dv]: the input features of every iteration
+  Ptr<K> xa_out, xv_out;      // [B, L, da|dv]
+  Dims s;
+};
+
+template <class K>
+RJA_DEVICE void forward_modality(const Modality<K>& m, const Joint<K>& J, Ptr<K> out, const Tiles& t, const Dims& s) {
+  load_small_weights(m, t, s);
+  __syncthreads();
+  for (int row0 = 0; row0 < m.dm; row0 += s.R) {
+    const int rows = m.dm - row0 < s.R ? m.dm - row0 : s.R;
+    attention_rows(m, J, t, s, row0, rows);
+    RJA_BLOCK_LOOP(i, s.L * rows) {  // out = x + (relu(Z) w_h^T)^T, coalesced along the rows
+      const int l = i / rows, r = i % rows;
+      float acc = to_float(m.x[l * m.dm + row0 + r]);
+      for (int c = 0; c < s.k; ++c) acc += t.wh[l * s.k + c] * fmaxf(t.Z[r * (s.k + 1) + c], 0.f);
+      out[l * m.dm + row0 + r] = from_float<K>(acc);
+    }
+    __syncthreads();  // before the next rows (or modality) overwrite P, Z and the weights
+  }
+}
+
+template <class K>
+__global__ void forward_kernel(ForwardArgs<K> a) {
+  RJA_DYNAMIC_SHARED(float, smem);
+  const Dims s = a.s;
+  const Tiles t(smem, s, false);
+  const std::int64_t b = blockIdx.x, na = std::int64_t(s.L) * s.da, nv = std::int64_t(s.L) * s.dv;
+  const std::int64_t B = s.B;
+  RJA_BLOCK_LOOP(i, int(na)) a.xa_iters[b * na + i] = a.xa[b * na + i];
+  RJA_BLOCK_LOOP(i, int(nv)) a.xv_iters[b * nv + i] = a.xv[b * nv + i];
+  __syncthreads();
+  for (int it = 0; it < s.T; ++it) {
+    const int wi = s.Tw == 1 ? 0 : it;
+    const Ptr<const K> xa = slice(a.xa_iters, (it * B + b) * na, na, "xa_iters[i][b]");
+    const Ptr<const K> xv = slice(a.xv_iters, (it * B + b) * nv, nv, "xv_iters[i][b]");
+    const bool last = it + 1 == s.T;
+    const Ptr<K> out_a = last ? slice(a.xa_out, b * na, na, "xa_out[b]")
+                              : slice(a.xa_iters, ((it + 1) * B + b) * na, na, "xa_iters[i+1][b]");
+    const Ptr<K> out_v = last ? slice(a.xv_out, b * nv, nv, "xv_out[b]")
+                              : slice(a.xv_iters, ((it + 1) * B + b) * nv, nv, "xv_iters[i+1][b]");
+    const Joint<K> J{xa, xv, s.da, s.dv};
+    forward_modality(modality(xa, s.da, 0, a.w, 0, wi, s), J, out_a, t, s);
+    forward_modality(modality(xv, s.dv, s.da, a.w, 1, wi, s), J, out_v, t, s);
+    __syncthreads();  // iteration it + 1 reads what this one wrote
+  }
+}
+
+// Per-block fp32 workspace of the backward pass, in floats.
+struct Workspace {
+  RJA_HOST_DEVICE static std::int64_t floats(const Dims& s) {
+    const std::int64_t L = s.L, d = s.d();
+    return L * d + d * L + d * s.k + d * L;
+  }
+};
+
+template <class K>
+struct BackwardArgs {
+  Ptr<const K> grad_xa, grad_xv;      // [B, L, da|dv]: gradients of the outputs
+  Ptr<const K> xa_iters, xv_iters;    // [T, B, L, da|dv]
+  Ptr<const K> w[8];                  // [Tw, ...]
+  Ptr<K> grad_xa_in, grad_xv_in;      // [B, L, da|dv]
+  Ptr<float> grad_w[8];               // [B, Tw, ...]: per-block partial weight gradients
+  Ptr<float> work;                    // [B, Workspace::floats]
+  Dims s;
+};
+
+// The gradient buffers of one sample, fp32, rows of x^T indexed across both modalities [0, d).
+struct BackwardState {
+  Ptr<float> g;     // [L, d]: gradient w.r.t. the current iteration's output, updated in place
+  Ptr<float> P;     // [d, L]: x^T w_j of the iteration, kept from phase A for phase B
+  Ptr<float> gZ;    // [d, k]
+  Ptr<float> gP;    // [d, L]
+  Ptr<float> gw[8]; // this block's partial weight gradients of the current weight set
+};
+
+// Phase A, rows [row0, row0 + rows) of m: recompute Z, then the gradients that need only Z:
+// gZ, w_h, w_u and the x terms grad_out + w_u^T gZ^T.
+template <class K>
+RJA_DEVICE void backward_rows(const Modality<K>& m, const Joint<K>& J, const BackwardState& st, int first,
+                              const Tiles& t, const Dims& s, int row0, int rows) {
+  const int L = s.L, k = s.k, d = s.d(), R = s.R, base = m.off + row0;
+  attention_rows(m, J, t, s, row0, rows);
+  RJA_BLOCK_LOOP(i, L * rows) {
+    const int l = i / rows, r = i % rows;
+    t.G[l * R + r] = st.g[l * d + base + r];
+  }
+  RJA_BLOCK_LOOP(i, rows * L) {
+    const int r = i / L, l = i % L;
+    st.P[(base + r) * L + l] = t.P[r * L + l];
+    st.gP[(base + r) * L + l] = 0.f;
+  }
+  __syncthreads();
+  RJA_BLOCK_LOOP(i, rows * k) {  // gZ = (grad_out^T w_h) * (Z > 0)
+    const int r = i / k, c = i % k;
+    float acc = 0.f;
+    for (int l = 0; l < L; ++l) acc += t.G[l * R + r] * t.wh[l * k + c];
+    const float gz = t.Z[r * (k + 1) + c] > 0.f ? acc : 0.f;
+    t.gZ[r * (k + 1) + c] = gz;
+    st.gZ[(base + r) * k + c] = gz;
+  }
+  __syncthreads();
+  RJA_BLOCK_LOOP(i, L * k) {  // grad w_h += grad_out relu(Z)
+    const int l = i / k, c = i % k;
+    float acc = 0.f;
+    for (int r = 0; r < rows; ++r) acc += t.G[l * R + r] * fmaxf(t.Z[r * (k + 1) + c], 0.f);
+    st.gw[6 + first][l * k + c] += acc;
+  }
+  RJA_BLOCK_LOOP(i, k * L) {  // grad w_u += gZ^T x^T
+    const int c = i / L, l = i % L;
+    float acc = 0.f;
+    for (int r = 0; r < rows; ++r) acc += t.gZ[r * (k + 1) + c] * to_float(m.x[l * m.dm + row0 + r]);
+    st.gw[2 + first][c * L + l] += acc;
+  }
+  RJA_BLOCK_LOOP(i, L * rows) {  // g = grad_out + w_u^T gZ^T (this thread alone reads g here)
+    const int l = i / rows, r = i % rows;
+    float acc = t.G[l * R + r];
+    for (int c = 0; c < k; ++c) acc += t.wu[c * L + l] * t.gZ[r * (k + 1) + c];
+    st.g[l * d + base + r] = acc;
+  }
+  __syncthreads();
+}
+
+// Phase B, one column tile [col0, col0 + cols) and the rows of m: recompute C, then
+// gS = (gZ w_c) (1 - C^2) scale, grad w_c += gZ^T C, gJ += P^T gS, gP += gS J^T.
+template <class K>
+RJA_DEVICE void backward_column_tile(const Modality<K>& m, const BackwardState& st, int first, const Tiles& t,
+                                     const Dims& s, int col0, int cols) {
+  const int L = s.L, k = s.k, E = s.E;
+  load_wc_tile(m, t, s, col0, cols);
+  RJA_BLOCK_LOOP(i, k * cols) t.gWc[(i / cols) * E + i % cols] = 0.f;
+  for (int row0 = 0; row0 < m.dm; row0 += s.R) {
+    const int rows = m.dm - row0 < s.R ? m.dm - row0 : s.R, base = m.off + row0;
+    RJA_BLOCK_LOOP(i, rows * L) t.P[i] = st.P[base * L + i];
+    RJA_BLOCK_LOOP(i, rows * k) t.gZ[(i / k) * (k + 1) + i % k] = st.gZ[base * k + i];
+    __syncthreads();
+    tanh_tile(t, s, rows, cols);
+    __syncthreads();
+    RJA_BLOCK_LOOP(i, rows * cols) {
+      const int r = i / cols, e = i % cols;
+      float acc = 0.f;
+      for (int c = 0; c < k; ++c) acc += t.gZ[r * (k + 1) + c] * t.Wct[c * (E + 1) + e];
+      const float ce = t.C[r * E + e];
+      t.gS[r * E + e] = acc * (1.f - ce * ce) * s.scale;
+    }
+    __syncthreads();
+    RJA_BLOCK_LOOP(i, k * cols) {
+      const int c = i / cols, e = i % cols;
+      float acc = 0.f;
+      for (int r = 0; r < rows; ++r) acc += t.gZ[r * (k + 1) + c] * t.C[r * E + e];
+      t.gWc[c * E + e] += acc;
+    }
+    RJA_BLOCK_LOOP(i, L * cols) {
+      const int l = i / cols, e = i % cols;
+      float acc = 0.f;
+      for (int r = 0; r < rows; ++r) acc += t.P[r * L + l] * t.gS[r * E + e];
+      t.gJ[l * E + e] += acc;
+    }
+    RJA_BLOCK_LOOP(i, rows * L) {
+      const int r = i / L, l = i % L;
+      float acc = 0.f;
+      for (int e = 0; e < cols; ++e) acc += t.gS[r * E + e] * t.Jt[l * E + e];
+      st.gP[(base + r) * L + l] += acc;
+    }
+    __syncthreads();
+  }
+  RJA_BLOCK_LOOP(i, k * cols) {  // same (c, e) ownership as the zeroing above
+    const int c = i / cols, e = i % cols;
+    st.gw[4 + first][c * s.d() + col0 + e] += t.gWc[c * E + e];
+  }
+}
+
+// Phase C for m: grad w_j += x gP and g += w_j gP^T, the last terms of the x gradient.
+template <class K>
+RJA_DEVICE void backward_joint_terms(const Modality<K>& m, const BackwardState& st, int first, const Tiles& t,
+                                     const Dims& s) {
+  const int L = s.L, d = s.d();
+  RJA_BLOCK_LOOP(i, L * L) t.wj[i] = to_float(m.wj[i]);
+  __syncthreads();
+  RJA_BLOCK_LOOP(i, L * L) {
+    const int lp = i / L, l = i % L;
+    float acc = 0.f;
+    for (int r = 0; r < m.dm; ++r) acc += to_float(m.x[lp * m.dm + r]) * st.gP[(m.off + r) * L + l];
+    st.gw[first][lp * L + l] += acc;
+  }
+  RJA_BLOCK_LOOP(i, L * m.dm) {
+    const int l = i / m.dm, r = i % m.dm;
+    float acc = 0.f;
+    for (int lp = 0; lp < L; ++lp) acc += t.wj[l * L + lp] * st.gP[(m.off + r) * L + lp];
+    st.g[l * d + m.off + r] += acc;
+  }
+  __syncthreads();
+}
+
+template <class K>
+__global__ void backward_kernel(BackwardArgs<K> a) {
+  RJA_DYNAMIC_SHARED(float, smem);
+  const Dims s = a.s;
+  const Tiles t(smem, s, true);
+  const int L = s.L, k = s.k, d = s.d();
+  const std::int64_t b = blockIdx.x, B = s.B, na = std::int64_t(L) * s.da, nv = std::int64_t(L) * s.dv;
+  const std::int64_t ld = std::int64_t(L) * d;
+  const Ptr<float> work = slice(a.work, b * Workspace::floats(s), Workspace::floats(s), "work[b]");
+  BackwardState st;
+  st.g = slice(work, 0, ld, "work.g");
+  st.P = slice(work, ld, ld, "work.P");
+  st.gZ = slice(work, 2 * ld, std::int64_t(d) * k, "work.gZ");
+  st.gP = slice(work, 2 * ld + std::int64_t(d) * k, ld, "work.gP");
+  // Weight gradient sizes in the order of a.w; this block's partials start at zero.
+  const std::int64_t sizes[8] = {L * L, L * L, k * L, k * L, std::int64_t(k) * d, std::int64_t(k) * d, L * k, L * k};
+  for (int w = 0; w < 8; ++w) {
+    const Ptr<float> mine = slice(a.grad_w[w], b * s.Tw * sizes[w], s.Tw * sizes[w], "grad_w[b]");
+    RJA_BLOCK_LOOP(i, int(s.Tw * sizes[w])) mine[i] = 0.f;
+  }
+  RJA_BLOCK_LOOP(i, int(ld)) {
+    const int l = i / d, c = i % d;
+    st.g[i] = c < s.da ? to_float(a.grad_xa[b * na + l * s.da + c]) : to_float(a.grad_xv[b * nv + l * s.dv + c - s.da]);
+  }
+  __syncthreads();
+  for (int it = s.T - 1; it >= 0; --it) {
+    const int wi = s.Tw == 1 ? 0 : it;
+    for (int w = 0; w < 8; ++w) st.gw[w] = slice(a.grad_w[w], (b * s.Tw + wi) * sizes[w], sizes[w], "grad_w[b][i]");
+    const Ptr<const K> xa = slice(a.xa_iters, (it * B + b) * na, na, "xa_iters[i][b]");
+    const Ptr<const K> xv = slice(a.xv_iters, (it * B + b) * nv, nv, "xv_iters[i][b]");
+    const Joint<K> J{xa, xv, s.da, s.dv};
+    const Modality<K> mods[2] = {modality(xa, s.da, 0, a.w, 0, wi, s), modality(xv, s.dv, s.da, a.w, 1, wi, s)};
+    for (int first = 0; first < 2; ++first) {  // phase A: per row tile
+      load_small_weights(mods[first], t, s);
+      __syncthreads();
+      for (int row0 = 0; row0 < mods[first].dm; row0 += s.R) {
+        backward_rows(mods[first], J, st, first, t, s, row0, mods[first].dm - row0 < s.R ? mods[first].dm - row0 : s.R);
+      }
+    }
+    for (int col0 = 0; col0 < d; col0 += s.E) {  // phase B: per column tile, both modalities
+      const int cols = d - col0 < s.E ? d - col0 : s.E;
+      load_joint_tile(J, t, s, col0, cols);
+      RJA_BLOCK_LOOP(i, L * cols) t.gJ[(i / cols) * s.E + i % cols] = 0.f;
+      for (int first = 0; first < 2; ++first) backward_column_tile(mods[first], st, first, t, s, col0, cols);
+      RJA_BLOCK_LOOP(i, L * cols) {  // same (l, e) ownership as the zeroing above
+        const int l = i / cols, e = i % cols;
+        st.g[l * d + col0 + e] += t.gJ[l * s.E + e];
+      }
+      __syncthreads();
+    }
+    for (int first = 0; first < 2; ++first) backward_joint_terms(mods[first], st, first, t, s);  // phase C
+  }
+  RJA_BLOCK_LOOP(i, int(ld)) {
+    const int l = i / d, c = i % d;
+    if (c < s.da) {
+      a.grad_xa_in[b * na + l * s.da + c] = from_float<K>(st.g[i]);
+    } else {
+      a.grad_xv_in[b * nv + l * s.dv + c - s.da] = from_float<K>(st.g[i]);
+    }
+  }
+}
+
+}  // namespace rja

@@ -1,0 +1,454 @@
+// Host emulation of the CUDA execution model, so the CUDA kernels of csrc/cuda run (and are
+// checked) on a CPU. Header-only; included instead of the CUDA headers when RJA_EMULATE is set.
+//
+// - Blocks of a grid run one after the other on the calling OS thread.
+// - Every thread of a block is a fiber (ucontext) with its own stack. A fiber runs until it
+//   reaches __syncthreads() or a warp shuffle and then yields to the block's scheduler, so
+//   barriers and warp collectives have GPU semantics (all threads arrive before any proceeds).
+// - A barrier that not every thread reaches (a thread exits while others wait, or threads wait at
+//   different __syncthreads() calls) and a deadlock among shuffles fail with emu::Error.
+// - Shared memory (dynamic and RJA_STATIC_SHARED) is a per-block arena; kernels access shared and
+//   global memory through emu::Ptr, which checks every index against the buffer it names.
+// - Errors raised inside a fiber are caught on its stack and rethrown by emu::launch.
+#pragma once
+
+#include <ucontext.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+// A plain `__shared__ T x[N];` becomes storage shared by every fiber of the OS thread, which runs
+// one block at a time: per-block storage, but unchecked (RJA_STATIC_SHARED is the checked form).
+#define __shared__ static thread_local
+#define __syncthreads() ::emu::syncthreads(__FILE__, __LINE__)
+#define threadIdx ::emu::tl_thread_idx
+#define blockIdx ::emu::tl_block_idx
+#define blockDim ::emu::tl_block_dim
+#define gridDim ::emu::tl_grid_dim
+
+namespace emu {
+
+struct dim3 {
+  unsigned x, y, z;
+  constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+struct uint3 {
+  unsigned x = 0, y = 0, z = 0;
+};
+
+inline thread_local uint3 tl_thread_idx;
+inline thread_local uint3 tl_block_idx;
+inline thread_local dim3 tl_block_dim;
+inline thread_local dim3 tl_grid_dim;
+
+// The opt-in dynamic shared memory limit of an H100 (sm_90), per block.
+constexpr std::size_t kMaxSharedBytes = 227 * 1024;
+constexpr std::size_t kFiberStackBytes = 256 * 1024;
+
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Raised from kernel code: names the block and thread that failed.
+[[noreturn]] inline void fail(const std::string& what) {
+  std::ostringstream s;
+  s << "CUDA emulator: block (" << tl_block_idx.x << "," << tl_block_idx.y << "," << tl_block_idx.z
+    << ") thread (" << tl_thread_idx.x << "," << tl_thread_idx.y << "," << tl_thread_idx.z << "): " << what;
+  throw Error(s.str());
+}
+
+// A bounds-checked pointer into a named buffer; `p + n` is free, every access is checked.
+template <class T>
+class Ptr {
+ public:
+  Ptr() = default;
+  Ptr(T* base, std::ptrdiff_t size, const char* name, std::ptrdiff_t offset = 0)
+      : base_(base), size_(size), offset_(offset), name_(name) {}
+  template <class U, class = std::enable_if_t<std::is_convertible_v<U*, T*>>>
+  Ptr(const Ptr<U>& other)  // NOLINT: implicit like T* -> const T*
+      : base_(other.base()), size_(other.size()), offset_(other.offset()), name_(other.name()) {}
+
+  T& operator[](std::ptrdiff_t i) const {
+    const std::ptrdiff_t at = offset_ + i;
+    if (at < 0 || at >= size_) {
+      std::ostringstream s;
+      s << "out-of-bounds access " << name_ << "[" << at << "]; " << name_ << " has " << size_ << " elements";
+      fail(s.str());
+    }
+    return base_[at];
+  }
+  T& operator*() const { return (*this)[0]; }
+  Ptr operator+(std::ptrdiff_t n) const { return Ptr(base_, size_, name_, offset_ + n); }
+
+  T* base() const { return base_; }
+  std::ptrdiff_t size() const { return size_; }
+  std::ptrdiff_t offset() const { return offset_; }
+  const char* name() const { return name_; }
+
+ private:
+  T* base_ = nullptr;
+  std::ptrdiff_t size_ = 0, offset_ = 0;
+  const char* name_ = "null";
+};
+
+// The sub-buffer [off, off + n) of p under its own name: later accesses are checked against it.
+template <class T>
+Ptr<T> slice(const Ptr<T>& p, std::int64_t off, std::int64_t n, const char* name) {
+  if (off < 0 || n < 0 || p.offset() + off + n > p.size()) {
+    std::ostringstream s;
+    s << "slice " << name << " = " << p.name() << "[" << p.offset() + off << ", " << p.offset() + off + n
+      << ") exceeds " << p.name() << " of " << p.size() << " elements";
+    fail(s.str());
+  }
+  return Ptr<T>(p.base() + p.offset() + off, n, name);
+}
+
+struct Fiber {
+  enum class State { Running, AtBarrier, AtWarp, Done };
+  ucontext_t context;  // must not move after getcontext: glibc points into it
+  std::unique_ptr<char[]> stack;
+  uint3 idx;
+  int warp = 0;
+  State state = State::Running;
+  const char* barrier_file = "";
+  int barrier_line = 0;
+  std::uint64_t wait_gen = 0;  // the barrier/warp generation this fiber waits to see pass
+};
+
+struct Warp {
+  std::uint64_t slots[2][32] = {};  // double-buffered by generation parity
+  int arrived = 0;
+  std::uint64_t gen = 0;
+};
+
+struct SharedBuffer {
+  std::unique_ptr<std::max_align_t[]> storage;
+  std::size_t bytes = 0;
+};
+
+inline std::unique_ptr<std::max_align_t[]> garbage_filled(std::size_t bytes) {
+  // 0xFF bytes read as NaN floats: a read of shared memory never written shows up in results.
+  auto words = (bytes + sizeof(std::max_align_t) - 1) / sizeof(std::max_align_t);
+  std::unique_ptr<std::max_align_t[]> p(new std::max_align_t[std::max<std::size_t>(words, 1)]);
+  std::memset(static_cast<void*>(p.get()), 0xFF, words * sizeof(std::max_align_t));
+  return p;
+}
+
+struct Block {
+  Block(const dim3& block, std::size_t shared_bytes, const std::function<void()>& body_)
+      : body(body_), fibers(std::size_t(block.x) * block.y * block.z),
+        warps((fibers.size() + 31) / 32) {
+    dynamic_shared.storage = garbage_filled(shared_bytes);
+    dynamic_shared.bytes = shared_bytes;
+  }
+
+  const std::function<void()>& body;
+  std::vector<Fiber> fibers;  // sized once: contexts must not move
+  std::vector<Warp> warps;
+  ucontext_t scheduler;
+  std::size_t current = 0;
+  int barrier_arrived = 0;
+  std::uint64_t barrier_gen = 0;
+  SharedBuffer dynamic_shared;
+  std::unordered_map<const void*, SharedBuffer> static_shared;  // keyed by declaration site
+  std::exception_ptr error;
+};
+
+inline thread_local Block* tl_block = nullptr;
+
+inline Fiber& current_fiber() { return tl_block->fibers[tl_block->current]; }
+
+inline void yield_to_scheduler() { swapcontext(&current_fiber().context, &tl_block->scheduler); }
+
+inline void fiber_entry() {
+  Block& blk = *tl_block;
+  try {
+    blk.body();
+  } catch (...) {
+    blk.error = std::current_exception();
+  }
+  current_fiber().state = Fiber::State::Done;
+}  // returns to uc_link, the scheduler
+
+inline std::string site(const Fiber& f) { return std::string(f.barrier_file) + ":" + std::to_string(f.barrier_line); }
+
+inline void syncthreads(const char* file, int line) {
+  Block& blk = *tl_block;
+  Fiber& self = current_fiber();
+  self.state = Fiber::State::AtBarrier;
+  self.barrier_file = file;
+  self.barrier_line = line;
+  self.wait_gen = blk.barrier_gen;
+  if (++blk.barrier_arrived == int(blk.fibers.size())) {
+    for (const Fiber& f : blk.fibers) {
+      if (f.barrier_line != line || std::strcmp(f.barrier_file, file) != 0) {
+        fail("divergent barrier: threads wait at different __syncthreads() calls (" + site(f) + " and " +
+             site(self) + ")");
+      }
+    }
+    blk.barrier_arrived = 0;
+    ++blk.barrier_gen;
+  } else {
+    yield_to_scheduler();  // resumed once the last thread has arrived
+  }
+  self.state = Fiber::State::Running;
+}
+
+// A warp collective: every active lane deposits its value, then each reads lane src_of(lane).
+template <class T, class SrcOf>
+T warp_exchange(unsigned mask, T value, int width, SrcOf src_of, const char* op) {
+  static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= 8, "shuffle of a type wider than 8 bytes");
+  Block& blk = *tl_block;
+  Fiber& self = current_fiber();
+  const int lane = int(&self - blk.fibers.data()) % 32;
+  const int active = std::min<int>(32, int(blk.fibers.size()) - self.warp * 32);
+  const unsigned full = active == 32 ? 0xFFFFFFFFu : (1u << active) - 1;
+  if (mask != full || width != 32) {
+    std::ostringstream s;
+    s << op << ": only whole-warp shuffles (mask 0x" << std::hex << full << ", width 32) are emulated, got mask 0x"
+      << mask << std::dec << ", width " << width;
+    fail(s.str());
+  }
+  Warp& w = blk.warps[std::size_t(self.warp)];
+  const std::uint64_t gen = w.gen;
+  std::memcpy(&w.slots[gen & 1][lane], &value, sizeof(T));
+  if (++w.arrived == active) {
+    w.arrived = 0;
+    ++w.gen;
+  } else {
+    self.state = Fiber::State::AtWarp;
+    self.wait_gen = gen;
+    yield_to_scheduler();
+    self.state = Fiber::State::Running;
+  }
+  const int src = src_of(lane);
+  if (src < 0 || src >= active) {
+    fail(std::string(op) + ": reads lane " + std::to_string(src) + ", which is not an active lane of the warp");
+  }
+  T out;
+  std::memcpy(&out, &w.slots[gen & 1][src], sizeof(T));
+  return out;
+}
+
+inline bool can_resume(const Block& blk, const Fiber& f) {
+  switch (f.state) {
+    case Fiber::State::Running: return true;
+    case Fiber::State::AtBarrier: return blk.barrier_gen != f.wait_gen;
+    case Fiber::State::AtWarp: return blk.warps[std::size_t(f.warp)].gen != f.wait_gen;
+    case Fiber::State::Done: return false;
+  }
+  return false;
+}
+
+inline std::string describe_stall(const Block& blk) {
+  int exited = 0, at_warp = 0;
+  std::unordered_map<std::string, int> at_barrier;
+  for (const Fiber& f : blk.fibers) {
+    if (f.state == Fiber::State::Done) ++exited;
+    if (f.state == Fiber::State::AtWarp) ++at_warp;
+    if (f.state == Fiber::State::AtBarrier) ++at_barrier[site(f)];
+  }
+  std::ostringstream s;
+  s << "barrier not reached by every thread of the block (" << blk.fibers.size() << " threads):";
+  for (const auto& [where, n] : at_barrier) s << " " << n << " wait at __syncthreads() " << where << ";";
+  if (at_warp) s << " " << at_warp << " wait at a warp shuffle;";
+  s << " " << exited << " have exited";
+  return s.str();
+}
+
+inline void run_block(Block& blk, const dim3& block_dim) {
+  for (std::size_t t = 0; t < blk.fibers.size(); ++t) {
+    Fiber& f = blk.fibers[t];
+    f.idx.x = unsigned(t % block_dim.x);
+    f.idx.y = unsigned(t / block_dim.x % block_dim.y);
+    f.idx.z = unsigned(t / (std::size_t(block_dim.x) * block_dim.y));
+    f.warp = int(t / 32);
+    f.stack.reset(new char[kFiberStackBytes]);
+    getcontext(&f.context);
+    f.context.uc_stack.ss_sp = f.stack.get();
+    f.context.uc_stack.ss_size = kFiberStackBytes;
+    f.context.uc_link = &blk.scheduler;
+    makecontext(&f.context, fiber_entry, 0);
+  }
+  for (;;) {
+    bool resumed = false, all_done = true;
+    for (std::size_t t = 0; t < blk.fibers.size(); ++t) {
+      Fiber& f = blk.fibers[t];
+      all_done = all_done && f.state == Fiber::State::Done;
+      if (!can_resume(blk, f)) continue;
+      blk.current = t;
+      tl_thread_idx = f.idx;
+      swapcontext(&blk.scheduler, &f.context);
+      resumed = true;
+      if (blk.error) std::rethrow_exception(blk.error);
+    }
+    if (all_done) return;
+    if (!resumed) {
+      std::ostringstream s;
+      s << "CUDA emulator: block (" << tl_block_idx.x << "," << tl_block_idx.y << "," << tl_block_idx.z
+        << "): " << describe_stall(blk);
+      throw Error(s.str());
+    }
+  }
+}
+
+inline void run_grid(const dim3& grid, const dim3& block, std::size_t shared_bytes, const std::function<void()>& body) {
+  const std::size_t threads = std::size_t(block.x) * block.y * block.z;
+  if (threads == 0 || threads > 1024 || std::size_t(grid.x) * grid.y * grid.z == 0) {
+    std::ostringstream s;
+    s << "CUDA emulator: invalid launch configuration: grid (" << grid.x << "," << grid.y << "," << grid.z
+      << "), block (" << block.x << "," << block.y << "," << block.z << ")";
+    throw Error(s.str());
+  }
+  if (shared_bytes > kMaxSharedBytes) {
+    throw Error("CUDA emulator: launch asks for " + std::to_string(shared_bytes) +
+                " bytes of dynamic shared memory per block; the limit is " + std::to_string(kMaxSharedBytes));
+  }
+  struct Reset {
+    ~Reset() { tl_block = nullptr; }
+  } reset;
+  tl_grid_dim = grid;
+  tl_block_dim = block;
+  for (unsigned z = 0; z < grid.z; ++z) {
+    for (unsigned y = 0; y < grid.y; ++y) {
+      for (unsigned x = 0; x < grid.x; ++x) {
+        tl_block_idx = {x, y, z};
+        Block blk(block, shared_bytes, body);
+        tl_block = &blk;
+        run_block(blk, block);
+      }
+    }
+  }
+}
+
+// kernel<<<grid, block, shared_bytes>>>(args...): each fiber calls the kernel with its own copy
+// of the arguments, as every GPU thread gets the kernel parameters.
+template <class... KArgs, class... Args>
+void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, std::size_t shared_bytes, Args&&... args) {
+  const std::tuple<std::decay_t<KArgs>...> params(std::forward<Args>(args)...);
+  const std::function<void()> body = [&] { std::apply(kernel, params); };
+  run_grid(grid, block, shared_bytes, body);
+}
+
+template <class T>
+Ptr<T> dynamic_shared(const char* name) {
+  const SharedBuffer& buf = tl_block->dynamic_shared;
+  return Ptr<T>(reinterpret_cast<T*>(buf.storage.get()), std::ptrdiff_t(buf.bytes / sizeof(T)), name);
+}
+
+template <class T>
+Ptr<T> static_shared(const void* declaration, std::size_t count, const char* name) {
+  SharedBuffer& buf = tl_block->static_shared[declaration];
+  if (!buf.storage) {
+    buf.storage = garbage_filled(count * sizeof(T));
+    buf.bytes = count * sizeof(T);
+  }
+  return Ptr<T>(reinterpret_cast<T*>(buf.storage.get()), std::ptrdiff_t(count), name);
+}
+
+}  // namespace emu
+
+using emu::dim3;
+
+// Warp shuffles (whole warps, width 32).
+template <class T>
+T __shfl_sync(unsigned mask, T var, int src_lane, int width = 32) {
+  return emu::warp_exchange(mask, var, width, [&](int) { return src_lane % 32; }, "__shfl_sync");
+}
+template <class T>
+T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width = 32) {
+  return emu::warp_exchange(mask, var, width, [&](int lane) { return lane ^ lane_mask; }, "__shfl_xor_sync");
+}
+template <class T>
+T __shfl_down_sync(unsigned mask, T var, unsigned delta, int width = 32) {
+  return emu::warp_exchange(
+      mask, var, width, [&](int lane) { return lane + int(delta) < 32 ? lane + int(delta) : lane; },
+      "__shfl_down_sync");
+}
+
+// Fibers switch only at barriers and shuffles and blocks run one at a time, so a plain
+// read-modify-write is atomic here.
+template <class T>
+T atomicAdd(T* address, T val) {
+  const T old = *address;
+  *address = old + val;
+  return old;
+}
+
+inline float __expf(float x) { return std::exp(x); }
+
+// The 16-bit float types, bit-compatible with CUDA's (and torch's Half/BFloat16).
+struct __half {
+  std::uint16_t bits;
+};
+struct __nv_bfloat16 {
+  std::uint16_t bits;
+};
+
+inline float emu_bits_to_float(std::uint32_t bits) {
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+inline std::uint32_t emu_float_to_bits(float f) {
+  std::uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  return bits;
+}
+
+inline float __half2float(__half h) {
+  const std::uint32_t sign = std::uint32_t(h.bits & 0x8000u) << 16;
+  const std::uint32_t exp = (h.bits >> 10) & 0x1Fu, man = h.bits & 0x3FFu;
+  if (exp == 0) {  // zero or subnormal: man * 2^-24, exact in float
+    const float v = std::ldexp(float(man), -24);
+    return sign ? -v : v;
+  }
+  if (exp == 31) return emu_bits_to_float(sign | 0x7F800000u | (man << 13));
+  return emu_bits_to_float(sign | ((exp + 112) << 23) | (man << 13));
+}
+
+inline __half __float2half_rn(float f) {  // round to nearest even
+  const std::uint32_t x = emu_float_to_bits(f);
+  const std::uint32_t sign = (x >> 16) & 0x8000u, ax = x & 0x7FFFFFFFu;
+  std::uint32_t h;
+  if (ax > 0x7F800000u) {
+    h = 0x7E00u;  // NaN
+  } else if (ax >= 0x47800000u) {
+    h = 0x7C00u;  // >= 2^16: infinity
+  } else if (ax < 0x38800000u) {  // below 2^-14: subnormal half, round(|f| * 2^24)
+    h = std::uint32_t(std::nearbyint(std::ldexp(emu_bits_to_float(ax), 24)));
+  } else {
+    h = (((ax >> 23) - 112) << 10) | ((ax & 0x7FFFFFu) >> 13);
+    const std::uint32_t rest = ax & 0x1FFFu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;  // a carry into the exponent is right
+  }
+  return __half{std::uint16_t(sign | h)};
+}
+
+inline float __bfloat162float(__nv_bfloat16 b) { return emu_bits_to_float(std::uint32_t(b.bits) << 16); }
+
+inline __nv_bfloat16 __float2bfloat16_rn(float f) {
+  const std::uint32_t x = emu_float_to_bits(f);
+  if ((x & 0x7FFFFFFFu) > 0x7F800000u) return __nv_bfloat16{std::uint16_t((x >> 16) | 0x40u)};  // quiet NaN
+  return __nv_bfloat16{std::uint16_t((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16)};
+}
