@@ -11,8 +11,8 @@
 #include "kernels.cuh"
 
 #ifndef RJA_EMULATE
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
 #endif
 
 namespace rja {
@@ -30,12 +30,17 @@ void launch(void (*kernel)(KArgs...), int grid, int block, std::size_t shared_by
   emu::launch(kernel, emu::dim3(unsigned(grid)), emu::dim3(unsigned(block)), shared_bytes, std::forward<Args>(args)...);
 }
 #else
-inline std::size_t max_shared_bytes() { return at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin; }
+inline std::size_t max_shared_bytes() {
+  int device = 0, bytes = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  return std::size_t(bytes);
+}
 
 template <class... KArgs, class... Args>
 void launch(void (*kernel)(KArgs...), int grid, int block, std::size_t shared_bytes, Args&&... args) {
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared_bytes)));
-  kernel<<<grid, block, shared_bytes, at::cuda::getCurrentCUDAStream()>>>(std::forward<Args>(args)...);
+  kernel<<<grid, block, shared_bytes, c10::cuda::getCurrentCUDAStream()>>>(std::forward<Args>(args)...);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 #endif
