@@ -146,7 +146,7 @@ void attention_map(const Dims<T>& D, const ModalityWeights<T>& W, const T* J, Sc
   for (int64_t c0 = 0; c0 < D.d6; c0 += kChunk) {
     const int64_t cn = std::min(kChunk, D.d6 - c0);
     T* c = s.c.data() + c0 * R;
-    gemm<T>(cn, 1, L, J + c0, 1, D.d6, s.pt.data(), R, c, R, false);
+    gemm<T>(cn, 1, L, J + c0 * L, L, 1, s.pt.data(), R, c, R, false);
     tanh_scaled(c, cn * R, D.scale);
     gemm<T>(D.k, 1, cn, W.wc_dk + c0 * D.k, 1, D.k, c, R, s.zt.data(), R, true);
   }
@@ -222,7 +222,7 @@ void backward_block(const Dims<T>& D, const ModalityWeights<T>& W, const T* J, c
     // grad w_c^T[c, q] += sum_r C^T[c, r] grad Z[r, q]
     gemm<T>(cn, D.kv / R, nr, c, R, 1, s.gz.data(), D.kv, acc.wc.data() + c0 * D.kv, D.kv, true);
     // grad P^T[l, r] += sum_c J[l, c] grad S^T[c, r]
-    gemm<T>(L, 1, cn, J + c0, D.d6, 1, gs, R, s.gpt.data(), R, true);
+    gemm<T>(L, 1, cn, J + c0 * L, 1, L, gs, R, s.gpt.data(), R, true);
     // grad J^T[c, l] += sum_r grad S^T[c, r] P[r, l]
     gemm<T>(cn, D.lv / R, nr, gs, R, 1, s.p.data(), D.lv, gjt + c0 * D.lv, D.lv, true);
   }
@@ -238,17 +238,18 @@ void backward_block(const Dims<T>& D, const ModalityWeights<T>& W, const T* J, c
   gemm<T>(L, D.kv / R, nr, s.g.data(), R, 1, s.ht.data(), D.kv, acc.wh.data(), D.kv, true);
 }
 
-// J[b] = [xa[b] | xv[b] | 0] as [L][d6].
+// J^T[b] = [xa[b] | xv[b] | 0]^T as [d6][L]: the micro-kernels broadcast from 6 consecutive
+// columns of J, contiguous in this layout (rows of J 4 KiB apart would alias in L1).
 template <typename T>
 void build_joint(const Dims<T>& D, const T* xa, const T* xv, T* J) {
   at::parallel_for(0, D.batch, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
+      T* jt = J + b * D.d6 * D.L;
       for (int64_t l = 0; l < D.L; ++l) {
-        T* row = J + (b * D.L + l) * D.d6;
-        std::copy(xa + (b * D.L + l) * D.da, xa + (b * D.L + l + 1) * D.da, row);
-        std::copy(xv + (b * D.L + l) * D.dv, xv + (b * D.L + l + 1) * D.dv, row + D.da);
-        std::fill(row + D.d, row + D.d6, T(0));
+        for (int64_t c = 0; c < D.da; ++c) jt[c * D.L + l] = xa[(b * D.L + l) * D.da + c];
+        for (int64_t c = 0; c < D.dv; ++c) jt[(D.da + c) * D.L + l] = xv[(b * D.L + l) * D.dv + c];
       }
+      std::fill(jt + D.d * D.L, jt + D.d6 * D.L, T(0));
     }
   });
 }
@@ -301,7 +302,7 @@ void forward_impl(const Dims<T>& D, const Weights<T>& W, int64_t iterations, at:
         const int64_t b = u / U;
         const Unit un = unit_of(D, u % U);
         const int64_t dm = D.dm(un.m), sample = b * D.L * dm;
-        forward_block(D, mw[un.m], J.data() + b * D.L * D.d6, x[un.m] + sample, dm, un.r0,
+        forward_block(D, mw[un.m], J.data() + b * D.d6 * D.L, x[un.m] + sample, dm, un.r0,
                       out[un.m] + sample, s);
       }
     });
@@ -367,7 +368,7 @@ void backward_impl(const Dims<T>& D, const Weights<T>& W, const at::Tensor& xa_i
           for (int64_t u = p * U / parts; u < (p + 1) * U / parts; ++u) {
             const Unit un = unit_of(D, u);
             const int64_t dm = D.dm(un.m), sample = b * D.L * dm;
-            backward_block(D, mw[un.m], J.data() + b * D.L * D.d6, x[un.m] + sample,
+            backward_block(D, mw[un.m], J.data() + b * D.d6 * D.L, x[un.m] + sample,
                            g[un.m] + sample, dm, un.r0, gx[un.m] + sample,
                            gjt.data() + task * D.d6 * D.lv, acc[c][un.m], s);
           }
