@@ -35,6 +35,11 @@ from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
 INTERPRETED = bool(triton.knobs.runtime.interpret)
+# Two bfloat16 workarounds for the interpreter (numpy has no bfloat16): it keeps bf16 as raw
+# uint16 bits, so its tl.dot would multiply the bits as integers, and its fp32 -> bf16 cast
+# truncates. `_dot` upcasts bf16 operands to fp32 (exact: bf16 products fit in fp32, and tensor
+# cores accumulate in fp32 too) and `_cast` rounds to nearest even first, as the GPU cast does.
+_INTERPRETED = tl.constexpr(INTERPRETED)
 
 if INTERPRETED:
     # Autotuning in the interpreter measures Python speed, not the GPU: one config, tiles large
@@ -54,11 +59,44 @@ else:
 
 
 @triton.jit
-def _tanh(x):
+def _tanh_parts(x):
     # tanh(|x|) = (1 - e) / (1 + e) with e = exp(-2|x|) in (0, 1]: no overflow for large |x|.
     e = tl.exp(-2.0 * tl.abs(x))
-    t = (1.0 - e) / (1.0 + e)
-    return tl.where(x < 0, -t, t)
+    r = 1.0 / (1.0 + e)
+    t = (1.0 - e) * r
+    return tl.where(x < 0, -t, t), e, r
+
+
+@triton.jit
+def _tanh(x):
+    t, _, _ = _tanh_parts(x)
+    return t
+
+
+@triton.jit
+def _tanh_and_grad(x):
+    """tanh(x) and its derivative 1 - tanh(x)^2 = 4e / (1 + e)^2, which unlike 1 - t * t keeps
+    its relative accuracy where tanh saturates (t rounds to 1 while the derivative is not 0)."""
+    t, e, r = _tanh_parts(x)
+    return t, 4.0 * e * r * r
+
+
+@triton.jit
+def _dot(a, b, acc, PREC: tl.constexpr):
+    if _INTERPRETED and a.dtype == tl.bfloat16:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=PREC)
+
+
+@triton.jit
+def _cast(x, dt: tl.constexpr):
+    """`x.to(dt)` with round-to-nearest-even also under the interpreter (see `_INTERPRETED`)."""
+    if _INTERPRETED and dt == tl.bfloat16:
+        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+        x = bits.to(tl.float32, bitcast=True)  # exactly representable: the truncating cast is exact
+    return x.to(dt)
 
 
 @triton.jit
@@ -69,7 +107,7 @@ def _load_j_tile(ja, jv, offs_l, cols, L, DA, D):
     in_v = (cols[None, :] >= DA) & (cols[None, :] < D)
     ta = tl.load(ja + offs_l[:, None] * DA + cols[None, :], mask=ml & in_a, other=0.0)
     tv = tl.load(jv + offs_l[:, None] * (D - DA) + (cols[None, :] - DA), mask=ml & in_v, other=0.0)
-    return ta + tv
+    return tl.where(in_a, ta, tv)
 
 
 @triton.jit
@@ -89,18 +127,18 @@ def _fwd_modality(x, x_dst, ja, jv, w_j, w_u, w_c, w_h, L, DM, DA, D, K, scale,
         rows = r0 + tl.arange(0, BM)
         mxt = (rows[:, None] < DM) & ml[None, :]
         xt = tl.load(x + offs_l[None, :] * DM + rows[:, None], mask=mxt, other=0.0)  # x^T block [BM, BL]
-        p = tl.dot(xt, wj, input_precision=PREC).to(dt)  # queries [BM, BL]
-        z = tl.dot(xt, wu_t, input_precision=PREC)  # [BM, BK], fp32
+        p = _cast(_dot(xt, wj, None, PREC), dt)  # queries [BM, BL]
+        z = _dot(xt, wu_t, None, PREC)  # [BM, BK], fp32
         for c0 in range(0, D, BD):
             cols = c0 + tl.arange(0, BD)
             jt = _load_j_tile(ja, jv, offs_l, cols, L, DA, D)
-            c = _tanh(tl.dot(p, jt, input_precision=PREC) * scale)
+            c = _tanh(_dot(p, jt, None, PREC) * scale)
             wc_t = tl.load(w_c + offs_k[None, :] * D + cols[:, None],
                            mask=(cols[:, None] < D) & mk[None, :], other=0.0)  # w_c^T tile [BD, BK]
-            z = tl.dot(c.to(dt), wc_t, z, input_precision=PREC)
-        h = tl.maximum(z, 0.0).to(dt)
-        out = xt.to(tl.float32) + tl.dot(h, wh_t, input_precision=PREC)  # out^T block [BM, BL]
-        tl.store(x_dst + offs_l[None, :] * DM + rows[:, None], out.to(dt), mask=mxt)
+            z = _dot(_cast(c, dt), wc_t, z, PREC)
+        h = _cast(tl.maximum(z, 0.0), dt)
+        out = xt.to(tl.float32) + _dot(h, wh_t, None, PREC)  # out^T block [BM, BL]
+        tl.store(x_dst + offs_l[None, :] * DM + rows[:, None], _cast(out, dt), mask=mxt)
 
 
 @triton.jit
@@ -110,7 +148,7 @@ def _copy_rows(src, dst, L, DM, BL: tl.constexpr, BD: tl.constexpr):
         cols = c0 + tl.arange(0, BD)
         m = (offs_l[:, None] < L) & (cols[None, :] < DM)
         offs = offs_l[:, None] * DM + cols[None, :]
-        tl.store(dst + offs, tl.load(src + offs, mask=m).to(dst.dtype.element_ty), mask=m)
+        tl.store(dst + offs, _cast(tl.load(src + offs, mask=m), dst.dtype.element_ty), mask=m)
 
 
 @triton.autotune(configs=_FWD_CONFIGS, key=["L", "DA", "DV", "K", "T"])
@@ -182,43 +220,43 @@ def _bwd_modality(x, ja, jv, g_cur, g_next, COL0, w_j, w_u, w_c, w_h, gw_j, gw_u
         mxt = (rows[:, None] < DM) & ml[None, :]
         xt = tl.load(x + offs_l[None, :] * DM + rows[:, None], mask=mxt, other=0.0)  # [BM, BL]
         got = tl.load(g_cur + offs_l[None, :] * D + COL0 + rows[:, None], mask=mxt, other=0.0)
-        p = tl.dot(xt, wj, input_precision=PREC).to(dt)
+        p = _cast(_dot(xt, wj, None, PREC), dt)
         # Pass 1: rebuild Z of this row block.
-        z = tl.dot(xt, tl.trans(wu), input_precision=PREC)
+        z = _dot(xt, tl.trans(wu), None, PREC)
         for c0 in range(0, D, BD):
             cols = c0 + tl.arange(0, BD)
             jt = _load_j_tile(ja, jv, offs_l, cols, L, DA, D)
-            c = _tanh(tl.dot(p, jt, input_precision=PREC) * scale)
+            c = _tanh(_dot(p, jt, None, PREC) * scale)
             wc_t = tl.load(w_c + offs_k[None, :] * D + cols[:, None],
                            mask=(cols[:, None] < D) & mk[None, :], other=0.0)
-            z = tl.dot(c.to(dt), wc_t, z, input_precision=PREC)
-        h = tl.maximum(z, 0.0).to(dt)
-        got_dt = got.to(dt)
-        gwh = tl.dot(tl.trans(got_dt), h, gwh, input_precision=PREC)  # dL/dw_h += g^T-block @ H
-        gz = tl.where(z > 0, tl.dot(got_dt, wh, input_precision=PREC), 0.0).to(dt)  # [BM, BK]
+            z = _dot(_cast(c, dt), wc_t, z, PREC)
+        h = _cast(tl.maximum(z, 0.0), dt)
+        got_dt = _cast(got, dt)
+        gwh = _dot(tl.trans(got_dt), h, gwh, PREC)  # dL/dw_h += g^T-block @ H
+        gz = _cast(tl.where(z > 0, _dot(got_dt, wh, None, PREC), 0.0), dt)  # [BM, BK]
         gz_t = tl.trans(gz)
-        gwu = tl.dot(gz_t, xt, gwu, input_precision=PREC)
+        gwu = _dot(gz_t, xt, gwu, PREC)
         # Pass 2: recompute C tile by tile for the gradients that need dZ.
         gp = tl.zeros((BM, BL), tl.float32)
         for c0 in range(0, D, BD):
             cols = c0 + tl.arange(0, BD)
             mcol = cols[None, :] < D
             jt = _load_j_tile(ja, jv, offs_l, cols, L, DA, D)
-            c = _tanh(tl.dot(p, jt, input_precision=PREC) * scale)
+            c, dc = _tanh_and_grad(_dot(p, jt, None, PREC) * scale)
             mkd = mk[:, None] & mcol
             wc = tl.load(w_c + offs_k[:, None] * D + cols[None, :], mask=mkd, other=0.0)  # [BK, BD]
-            gwc = tl.dot(gz_t, c.to(dt), input_precision=PREC)
+            gwc = _dot(gz_t, _cast(c, dt), None, PREC)
             _acc_store(gw_c + offs_k[:, None] * D + cols[None, :], gwc, mkd, acc_w | (r0 > 0))
-            gs = (tl.dot(gz, wc, input_precision=PREC) * (1.0 - c * c) * scale).to(dt)  # dL/dS
-            gp = tl.dot(gs, tl.trans(jt), gp, input_precision=PREC)
-            gj = tl.dot(tl.trans(p), gs, input_precision=PREC)  # dL/dJ tile [BL, BD]
+            gs = _cast(_dot(gz, wc, None, PREC) * dc * scale, dt)  # dL/dS
+            gp = _dot(gs, tl.trans(jt), gp, PREC)
+            gj = _dot(tl.trans(p), gs, None, PREC)  # dL/dJ tile [BL, BD]
             _acc_store(g_next + offs_l[:, None] * D + cols[None, :], gj, ml[:, None] & mcol, True)
             # The partial sums above are read back by the next row block: make them visible.
             tl.debug_barrier()
-        gp_dt = gp.to(dt)
-        gwj = tl.dot(tl.trans(xt), gp_dt, gwj, input_precision=PREC)
+        gp_dt = _cast(gp, dt)
+        gwj = _dot(tl.trans(xt), gp_dt, gwj, PREC)
         # dL/dx^T of the block: residual + unimodal term + through P = x^T w_j.
-        gxt = got + tl.dot(gz, wu, input_precision=PREC) + tl.dot(gp_dt, tl.trans(wj), input_precision=PREC)
+        gxt = got + _dot(gz, wu, None, PREC) + _dot(gp_dt, tl.trans(wj), None, PREC)
         _acc_store(g_next + offs_l[None, :] * D + COL0 + rows[:, None], gxt, mxt, True)
         tl.debug_barrier()
     _acc_store(gw_j + offs_l[:, None] * L + offs_l[None, :], gwj, mll, acc_w)
@@ -243,7 +281,7 @@ def _copy_cols(src, dst, L, src_cols, dst_cols, col0_src, col0_dst, n, BL: tl.co
         cols = c0 + tl.arange(0, BD)
         m = (offs_l[:, None] < L) & (cols[None, :] < n)
         v = tl.load(src + offs_l[:, None] * src_cols + col0_src + cols[None, :], mask=m)
-        tl.store(dst + offs_l[:, None] * dst_cols + col0_dst + cols[None, :], v.to(dst.dtype.element_ty), mask=m)
+        tl.store(dst + offs_l[:, None] * dst_cols + col0_dst + cols[None, :], _cast(v, dst.dtype.element_ty), mask=m)
 
 
 @triton.autotune(configs=_BWD_CONFIGS, key=["L", "DA", "DV", "K", "T"])
