@@ -47,14 +47,14 @@ if INTERPRETED:
     _FWD_CONFIGS = [triton.Config({"BM": 32, "BD": 64}, num_warps=1)]
     _BWD_CONFIGS = _FWD_CONFIGS
 else:
+    # Few configs: every one is compiled per dtype and (L, k) padding at first use of a shape.
     _FWD_CONFIGS = [
         triton.Config({"BM": bm, "BD": bd}, num_warps=w, num_stages=s)
-        for bm, bd, w, s in ((32, 64, 4, 2), (64, 64, 4, 2), (64, 128, 8, 2), (32, 128, 4, 3),
-                             (64, 32, 4, 3), (128, 64, 8, 2))
+        for bm, bd, w, s in ((32, 64, 4, 2), (64, 64, 4, 2), (64, 128, 8, 2), (128, 64, 8, 2))
     ]
     _BWD_CONFIGS = [
-        triton.Config({"BM": bm, "BD": bd}, num_warps=w, num_stages=s)
-        for bm, bd, w, s in ((32, 64, 4, 1), (64, 64, 8, 1), (32, 32, 4, 1), (64, 32, 4, 1))
+        triton.Config({"BM": bm, "BD": bd}, num_warps=w, num_stages=1)
+        for bm, bd, w in ((32, 64, 4), (64, 64, 8), (64, 32, 4))
     ]
 
 
@@ -152,7 +152,7 @@ def _copy_rows(src, dst, L, DM, BL: tl.constexpr, BD: tl.constexpr):
 
 
 @triton.autotune(configs=_FWD_CONFIGS, key=["L", "DA", "DV", "K", "T"])
-@triton.jit
+@triton.jit(do_not_specialize=["B", "T", "W_PER_ITER"])
 def _rja_fwd_kernel(xa, xv, w_ja, w_jv, w_a, w_v, w_ca, w_cv, w_ha, w_hv,
                     xa_out, xv_out, xa_it, xv_it,
                     B, T, W_PER_ITER, L, DA, DV, K, scale,
@@ -285,7 +285,7 @@ def _copy_cols(src, dst, L, src_cols, dst_cols, col0_src, col0_dst, n, BL: tl.co
 
 
 @triton.autotune(configs=_BWD_CONFIGS, key=["L", "DA", "DV", "K", "T"])
-@triton.jit
+@triton.jit(do_not_specialize=["B", "T", "TW"])
 def _rja_bwd_kernel(grad_xa, grad_xv, xa_it, xv_it, w_ja, w_jv, w_a, w_v, w_ca, w_cv, w_ha, w_hv,
                     gxa, gxv, g_scratch, p_ja, p_jv, p_a, p_v, p_ca, p_cv, p_ha, p_hv,
                     B, T, TW, L, DA, DV, K, scale,
