@@ -51,7 +51,7 @@ class ModelConfig:
     n_mels: int = 64
     n_fft: int = 512
     hop_length: int = 160  # 10 ms at 16 kHz
-    image_size: int = 112
+    image_size: int = 112  # input size for the data pipeline; the model itself takes any size
     attention_hidden: int = 32  # k
     iterations: int = 2  # T
     shared_weights: bool = False  # True: one weight set for every iteration (Tw = 1), else Tw = T

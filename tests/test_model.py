@@ -118,6 +118,16 @@ def test_fusion_module_backends_agree(backend, shared):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+def test_fusion_module_runs_under_autocast():
+    fusion = RecursiveJointAttention(clips=4, da=16, dv=8, hidden=4, iterations=2)
+    xa = torch.randn(2, 4, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_a, out_v = fusion(xa, torch.randn(2, 4, 8))
+    assert out_a.dtype == out_v.dtype == torch.bfloat16
+    (out_a.float().sum() + out_v.float().sum()).backward()
+    assert fusion.w_ca.grad.dtype == xa.grad.dtype == torch.float32
+
+
 def test_fusion_weights_are_xavier_per_iteration():
     torch.manual_seed(0)
     fusion = RecursiveJointAttention(clips=16, da=512, dv=512, hidden=32, iterations=3)
