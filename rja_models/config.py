@@ -77,17 +77,22 @@ class ModelConfig:
             raise ValueError(f"visual_pooling must be one of {POOLINGS}, got {self.visual_pooling!r}")
         if self.visual_pooling == "audio_guided" and not self.uses_audio and self.use_backbones:
             raise ValueError("visual_pooling='audio_guided' needs the audio branch; use 'avg' with fusion='visual'")
-        for name in ("da", "dv", "clips", "clip_frames", "sample_rate", "n_mels", "n_fft", "hop_length",
-                     "image_size", "attention_hidden", "iterations", "lstm_hidden", "head_hidden",
-                     "pooling_hidden"):
+        for name in ("clips", "clip_frames", "sample_rate", "n_mels", "n_fft", "hop_length", "image_size",
+                     "attention_hidden", "iterations", "lstm_hidden", "head_hidden", "pooling_hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.unimodal_blstm and (self.da % 2 or self.dv % 2):
-            raise ValueError(f"the U-BLSTMs keep the feature size (d//2 per direction): da={self.da} and "
-                             f"dv={self.dv} must be even")
-        if self.use_backbones and (self.da != 512 or self.dv != 512):
-            raise ValueError(f"the ResNet-18 and R3D-18 backbones give 512 features; da={self.da}, dv={self.dv} "
-                             "need use_backbones=False")
+        # The size of a modality the fusion does not use is not checked (its features may be empty).
+        for name, used in (("da", self.uses_audio), ("dv", self.uses_visual)):
+            size = getattr(self, name)
+            if not used:
+                continue
+            if size < 1:
+                raise ValueError(f"{name} must be >= 1, got {size}")
+            if self.unimodal_blstm and size % 2:
+                raise ValueError(f"the U-BLSTMs keep the feature size (d//2 per direction): {name}={size} must be even")
+            if self.use_backbones and size != 512:
+                raise ValueError(f"the ResNet-18 and R3D-18 backbones give 512 features; {name}={size} needs "
+                                 "use_backbones=False")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 

@@ -209,6 +209,11 @@ def test_config_round_trip_and_validation():
         ModelConfig(fusion="visual")
     with pytest.raises(ValueError, match="use_backbones=False"):
         ModelConfig(da=256)
+    with pytest.raises(ValueError, match="must be even"):
+        ModelConfig(use_backbones=False, dv=33)
+    # An audio-only model on features whose visual part is empty (extracted by an audio-only model).
+    audio_only = RJAModel(ModelConfig.ablation("audio_only", use_backbones=False, dv=0, clips=2))
+    assert audio_only(xa=torch.randn(1, 2, 512), xv=torch.zeros(1, 2, 0))["clip"].shape == (1, 2, 2)
     with pytest.raises(ValueError, match="unknown ModelConfig fields"):
         ModelConfig.from_dict({"colour": 1})
     with pytest.raises(ValueError, match="low < high"):
