@@ -32,6 +32,15 @@ namespace {
 
 // d-columns per chunk: a chunk of C^T (and of grad S^T) is 96 x kRows, 6 KiB in float32.
 constexpr int64_t kChunk = 96;
+// Row blocks whose grad J is summed locally before it is added to the sample's.
+constexpr int64_t kGroup = 8;
+// Least work (multiply-adds, or element copies) worth waking another thread for: small problems
+// run on one thread, as a barrier costs more than their work, above all on a loaded machine.
+constexpr int64_t kMinParallelWork = int64_t(1) << 20;
+
+int64_t grain_for(int64_t work_per_item) {
+  return std::max<int64_t>(1, kMinParallelWork / std::max<int64_t>(1, work_per_item));
+}
 
 template <typename T>
 struct Dims {
@@ -93,7 +102,7 @@ struct Weights {
 // Per-thread scratch of one row block.
 template <typename T>
 struct Scratch {
-  std::vector<T> x, g, gx, pt, p, xt, zt, gzt, gz, ht, gpt, gp, c, gs;
+  std::vector<T> x, g, gx, pt, p, xt, zt, gzt, gz, ht, gpt, gp, c, gs, part, gjt;
   explicit Scratch(const Dims<T>& D) {
     const int64_t R = kRows<T>;
     for (auto* v : {&x, &g, &gx, &pt, &gpt}) v->assign(D.L * R, T(0));
@@ -101,6 +110,8 @@ struct Scratch {
     for (auto* v : {&p, &xt, &gp}) v->assign(R * D.lv, T(0));
     for (auto* v : {&gz, &ht}) v->assign(R * D.kv, T(0));
     c.assign(D.d6 * R, T(0));
+    part.assign(std::max(D.k, D.L) * R, T(0));
+    gjt.assign(D.d6 * D.lv, T(0));
     gs.assign(kChunk * R, T(0));
   }
 };
@@ -130,6 +141,13 @@ void transpose_block(const T* src, int64_t n, T* dst, int64_t ld) {
 }
 
 template <typename T>
+void add_to(T* acc, const T* x, int64_t n) {
+  for (int64_t i = 0; i < n; i += kLanes<T>) {
+    (Vec<T>::loadu(acc + i) + Vec<T>::loadu(x + i)).store(acc + i);
+  }
+}
+
+template <typename T>
 void tanh_scaled(T* x, int64_t n, T scale) {
   const Vec<T> s(scale);
   for (int64_t i = 0; i < n; i += kLanes<T>) vec_tanh<T>(Vec<T>::loadu(x + i) * s).store(x + i);
@@ -148,7 +166,9 @@ void attention_map(const Dims<T>& D, const ModalityWeights<T>& W, const T* J, Sc
     T* c = s.c.data() + c0 * R;
     gemm<T>(cn, 1, L, J + c0 * L, L, 1, s.pt.data(), R, c, R, false);
     tanh_scaled(c, cn * R, D.scale);
-    gemm<T>(D.k, 1, cn, W.wc_dk + c0 * D.k, 1, D.k, c, R, s.zt.data(), R, true);
+    // Summed per chunk, then added: shorter rounding chains than one running sum over d.
+    gemm<T>(D.k, 1, cn, W.wc_dk + c0 * D.k, 1, D.k, c, R, s.part.data(), R, false);
+    add_to(s.zt.data(), s.part.data(), D.k * R);
   }
 }
 
@@ -175,6 +195,13 @@ struct GradAcc {
       : wc(D.d6 * D.kv, T(0)), wj(D.L * D.lv, T(0)), wu(D.k * D.lv, T(0)), wh(D.L * D.kv, T(0)) {}
   void zero() {
     for (auto* v : {&wc, &wj, &wu, &wh}) std::fill(v->begin(), v->end(), T(0));
+  }
+  // this += o; o = 0
+  void drain(GradAcc& o) {
+    for (auto [dst, src] : {std::pair{&wc, &o.wc}, {&wj, &o.wj}, {&wu, &o.wu}, {&wh, &o.wh}}) {
+      add_to(dst->data(), src->data(), static_cast<int64_t>(dst->size()));
+      std::fill(src->begin(), src->end(), T(0));
+    }
   }
 };
 
@@ -222,7 +249,8 @@ void backward_block(const Dims<T>& D, const ModalityWeights<T>& W, const T* J, c
     // grad w_c^T[c, q] += sum_r C^T[c, r] grad Z[r, q]
     gemm<T>(cn, D.kv / R, nr, c, R, 1, s.gz.data(), D.kv, acc.wc.data() + c0 * D.kv, D.kv, true);
     // grad P^T[l, r] += sum_c J[l, c] grad S^T[c, r]
-    gemm<T>(L, 1, cn, J + c0 * L, 1, L, gs, R, s.gpt.data(), R, true);
+    gemm<T>(L, 1, cn, J + c0 * L, 1, L, gs, R, s.part.data(), R, false);
+    add_to(s.gpt.data(), s.part.data(), L * R);
     // grad J^T[c, l] += sum_r grad S^T[c, r] P[r, l]
     gemm<T>(cn, D.lv / R, nr, gs, R, 1, s.p.data(), D.lv, gjt + c0 * D.lv, D.lv, true);
   }
@@ -242,7 +270,7 @@ void backward_block(const Dims<T>& D, const ModalityWeights<T>& W, const T* J, c
 // columns of J, contiguous in this layout (rows of J 4 KiB apart would alias in L1).
 template <typename T>
 void build_joint(const Dims<T>& D, const T* xa, const T* xv, T* J) {
-  at::parallel_for(0, D.batch, 1, [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, D.batch, grain_for(D.L * D.d6), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       T* jt = J + b * D.d6 * D.L;
       for (int64_t l = 0; l < D.L; ++l) {
@@ -296,7 +324,8 @@ void forward_impl(const Dims<T>& D, const Weights<T>& W, int64_t iterations, at:
     build_joint(D, x[0], x[1], J.data());
     const std::array<ModalityWeights<T>, 2> mw = {W.get(D, 0, set), W.get(D, 1, set)};
     // Row blocks are independent within an iteration: parallel over (sample, row block).
-    at::parallel_for(0, D.batch * U, 1, [&](int64_t u0, int64_t u1) {
+    const int64_t unit_work = kRows<T> * (D.d6 * (D.L + D.k) + 3 * D.L * D.k);
+    at::parallel_for(0, D.batch * U, grain_for(unit_work), [&](int64_t u0, int64_t u1) {
       Scratch<T> s(D);
       for (int64_t u = u0; u < u1; ++u) {
         const int64_t b = u / U;
@@ -342,7 +371,8 @@ void backward_impl(const Dims<T>& D, const Weights<T>& W, const at::Tensor& xa_i
   const int64_t parts = std::clamp<int64_t>((4 * nthreads + D.batch - 1) / std::max<int64_t>(D.batch, 1),
                                             1, U);
   const int64_t tasks = D.batch * parts;
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(nthreads, tasks));
+  const int64_t work = D.batch * U * kRows<T> * D.d6 * 3 * (D.L + D.k);
+  const int64_t chunks = std::clamp<int64_t>(work / kMinParallelWork, 1, std::min<int64_t>(nthreads, tasks));
   std::vector<T> J(D.batch * D.L * D.d6), gjt(tasks * D.d6 * D.lv);
   std::vector<std::array<GradAcc<T>, 2>> acc;
   for (int64_t c = 0; c < chunks; ++c) acc.push_back({GradAcc<T>(D), GradAcc<T>(D)});
@@ -358,25 +388,36 @@ void backward_impl(const Dims<T>& D, const Weights<T>& W, const at::Tensor& xa_i
     const std::array<ModalityWeights<T>, 2> mw = {W.get(D, 0, set), W.get(D, 1, set)};
     // Chunk c owns a fixed contiguous range of tasks and its own weight-gradient accumulators,
     // so the sums below are the same run to run for a given thread count.
+    // Weight gradients are summed per task, then per chunk: shorter rounding chains.
     at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
       Scratch<T> s(D);
+      std::array<GradAcc<T>, 2> task_acc = {GradAcc<T>(D), GradAcc<T>(D)};
       for (int64_t c = c0; c < c1; ++c) {
         acc[c][0].zero();
         acc[c][1].zero();
         for (int64_t task = c * tasks / chunks; task < (c + 1) * tasks / chunks; ++task) {
           const int64_t b = task / parts, p = task % parts;
-          for (int64_t u = p * U / parts; u < (p + 1) * U / parts; ++u) {
+          T* task_gjt = gjt.data() + task * D.d6 * D.lv;
+          const int64_t u0 = p * U / parts, u1 = (p + 1) * U / parts;
+          for (int64_t u = u0; u < u1; ++u) {
             const Unit un = unit_of(D, u);
             const int64_t dm = D.dm(un.m), sample = b * D.L * dm;
             backward_block(D, mw[un.m], J.data() + b * D.d6 * D.L, x[un.m] + sample,
-                           g[un.m] + sample, dm, un.r0, gx[un.m] + sample,
-                           gjt.data() + task * D.d6 * D.lv, acc[c][un.m], s);
+                           g[un.m] + sample, dm, un.r0, gx[un.m] + sample, s.gjt.data(),
+                           task_acc[un.m], s);
+            // grad J summed over groups of row blocks, then added: shorter rounding chains.
+            if ((u - u0) % kGroup == kGroup - 1 || u + 1 == u1) {
+              add_to(task_gjt, s.gjt.data(), D.d6 * D.lv);
+              std::fill(s.gjt.begin(), s.gjt.end(), T(0));
+            }
           }
+          acc[c][0].drain(task_acc[0]);
+          acc[c][1].drain(task_acc[1]);
         }
       }
     });
     // grad x += grad J (transposed back from [d][L]), parts summed in order.
-    at::parallel_for(0, D.batch, 1, [&](int64_t b0, int64_t b1) {
+    at::parallel_for(0, D.batch, grain_for(parts * D.L * D.d), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         for (int64_t l = 0; l < D.L; ++l) {
           for (int64_t col = 0; col < D.d; ++col) {

@@ -33,6 +33,7 @@ struct Vec {
   Vec map(F f) const { Vec r; for (int64_t i = 0; i < size(); ++i) r.v[i] = f(v[i]); return r; }
   template <typename F>
   Vec zip(const Vec& o, F f) const { Vec r; for (int64_t i = 0; i < size(); ++i) r.v[i] = f(v[i], o.v[i]); return r; }
+  Vec operator+(const Vec& o) const { return zip(o, [](T a, T b) { return a + b; }); }
   Vec operator*(const Vec& o) const { return zip(o, [](T a, T b) { return a * b; }); }
   Vec operator-(const Vec& o) const { return zip(o, [](T a, T b) { return a - b; }); }
   // relu that keeps NaN, as torch.relu does
@@ -75,6 +76,7 @@ inline Vec<T> fmadd(const Vec<T>& a, const Vec<T>& b, const Vec<T>& c) {
       for (auto& x : tmp) x = f(x);                                                                 \
       return loadu(tmp);                                                                            \
     }                                                                                               \
+    Vec operator+(const Vec& o) const { return _mm256_add_##SFX(v, o.v); }                          \
     Vec operator*(const Vec& o) const { return _mm256_mul_##SFX(v, o.v); }                          \
     Vec operator-(const Vec& o) const { return _mm256_sub_##SFX(v, o.v); }                          \
     /* max returns its second operand when either is NaN: NaN stays NaN, as in torch.relu */       \
