@@ -1,0 +1,99 @@
+"""Datasets and loaders for the CLIs, from the `--data` options: the synthetic set (generated once
+into a cache), an Aff-Wild2-layout tree, or precomputed features (`<root>/<split>/<video>.pt`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from rja_models.config import ModelConfig
+from rja_models.data import SPLIT_FOLDERS, AffWild2Dataset, DataError, FeatureDataset, generate_synthetic_dataset
+from rja_models.training.distributed import DistContext, ShardSampler, barrier
+from rja_models.training.options import default_cache_dir, video_names
+
+SPLITS = tuple(SPLIT_FOLDERS)  # ("train", "val")
+
+
+def synthetic_root(args: argparse.Namespace, config: ModelConfig) -> Path:
+    """The cache directory of the synthetic set these options describe: one per parameter set, so
+    changing a parameter never regenerates (and never invalidates) another run's data."""
+    if args.data_root is not None:
+        return args.data_root
+    name = (f"v{args.synthetic_videos}-s{args.synthetic_seconds:g}-px{config.image_size}-sr{config.sample_rate}"
+            f"-seed{args.synthetic_seed}")
+    return default_cache_dir() / "synthetic-v1" / name
+
+
+def prepare_data_root(args: argparse.Namespace, config: ModelConfig, ctx: DistContext, progress: bool) -> Path:
+    """The data root; for the synthetic source, generated first if not cached (by rank 0 only)."""
+    if args.data != "synthetic":
+        if args.data_root is None:
+            raise SystemExit(f"error: --data {args.data} needs --data-root")
+        return args.data_root
+    root = synthetic_root(args, config)
+    if ctx.is_main:
+        generate_synthetic_dataset(root, num_videos=args.synthetic_videos, seconds=args.synthetic_seconds,
+                                   seed=args.synthetic_seed, image_size=config.image_size,
+                                   sample_rate=config.sample_rate, progress=progress)
+    barrier(ctx)
+    return root
+
+
+def feature_config(root: Path, config: ModelConfig) -> ModelConfig:
+    """`config` adapted to the feature files under `root`: no backbones, their sizes and clip length."""
+    split_dir = next((root / s for s in SPLITS if (root / s).is_dir()), None)
+    if split_dir is None:
+        raise DataError(root, f"holds none of the feature folders {', '.join(SPLITS)}")
+    probe = FeatureDataset(split_dir, clips=1)
+    da, dv = probe.feature_dims
+    return config.replace(use_backbones=False, da=da, dv=dv, clip_frames=probe.clip_frames)
+
+
+def build_dataset(args: argparse.Namespace, root: Path, split: str, config: ModelConfig, *,
+                  stride: int | None = None, audio_samples: int | None = None, progress: bool = False) -> Dataset:
+    """The `split` dataset of sub-sequences of `config.clips` clips; `stride` in frames (None: no
+    overlap); `audio_samples` per clip (None: one clip's duration at the split's usual frame rate)."""
+    wanted = video_names(args.videos)
+    if args.data == "features":
+        folder = root / split
+        names = None if wanted is None else [v for v in wanted if (folder / f"{v}.pt").exists()]
+        return FeatureDataset(folder, clips=config.clips, videos=names,
+                              stride=None if stride is None else max(1, stride // config.clip_frames))
+    names = None
+    if wanted is not None:
+        folder = root / "VA_Estimation_Challenge" / SPLIT_FOLDERS[split]
+        names = [v for v in wanted if (folder / f"{v}.txt").exists()]
+    return AffWild2Dataset(root, split, clip_frames=config.clip_frames, clips=config.clips, stride=stride,
+                           sample_rate=config.sample_rate, image_size=config.image_size, videos=names,
+                           visual_only=not config.uses_audio, audio_samples=audio_samples,
+                           target_names=config.targets.names, progress=progress)
+
+
+def train_loader(dataset: Dataset, batch_size: int, ctx: DistContext, seed: int, num_workers: int
+                 ) -> tuple[DataLoader, DistributedSampler]:
+    """Shuffled loader; the order of epoch e depends only on (seed, e) (`sampler.set_epoch(e)`), so a
+    resumed run sees the same batches. `batch_size` is global: each of W ranks loads batch_size / W."""
+    if batch_size % ctx.world_size:
+        raise SystemExit(f"error: --batch-size {batch_size} is not divisible by the {ctx.world_size} processes")
+    sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
+    loader = DataLoader(dataset, batch_size=batch_size // ctx.world_size, sampler=sampler, num_workers=num_workers,
+                        pin_memory=ctx.device.type == "cuda")
+    return loader, sampler
+
+
+def eval_loader(dataset: Dataset, batch_size: int, ctx: DistContext, num_workers: int) -> DataLoader:
+    """This rank's shard of `dataset`, in order, each item on exactly one rank."""
+    return DataLoader(dataset, batch_size=max(1, batch_size // ctx.world_size),
+                      sampler=ShardSampler(len(dataset), ctx), num_workers=num_workers,
+                      pin_memory=ctx.device.type == "cuda")
+
+
+def model_inputs(batch: dict[str, Any], device: torch.device) -> dict[str, Tensor]:
+    """Keyword arguments of `RJAModel.forward` for a batch of raw clips or of features."""
+    keys = ("xa", "xv") if "xa" in batch else ("frames", "audio")
+    return {k: batch[k].to(device, non_blocking=True) for k in keys if batch.get(k) is not None}

@@ -1,0 +1,58 @@
+"""PNG figures (matplotlib, Agg backend: no display needed): learning curves and predictions over time."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot is imported: no display needed
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def plot_learning_curves(history: Sequence[dict[str, Any]], names: Sequence[str], path: Path) -> None:
+    """Training loss and validation CCC (per target and mean) per epoch."""
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_ccc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o")
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="training loss")
+    for key in [*names, "mean"]:
+        ax_ccc.plot(epochs, [h["val"][key] for h in history], marker="o", label=key,
+                    linestyle="--" if key == "mean" else "-")
+    ax_ccc.set(xlabel="epoch", ylabel="CCC", title="validation CCC")
+    ax_ccc.legend()
+    for ax in (ax_loss, ax_ccc):
+        ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def plot_series(videos: dict[str, dict[str, np.ndarray | None]], names: Sequence[str], path: Path,
+                xlabel: str = "frame") -> None:
+    """One row per video, one column per target: predictions (and the labels, where given) over time.
+
+    `videos[name]` holds `"x"` [N] (frame index or seconds), `"pred"` [N, T], and optionally
+    `"labels"` [N, T] with `"mask"` [N] (unlabelled frames are left out of the label curve).
+    """
+    fig, axes = plt.subplots(len(videos), len(names), figsize=(5 * len(names), 2.4 * len(videos)),
+                             squeeze=False, sharey=True)
+    for row, (video, s) in zip(axes, videos.items()):
+        for t, (ax, name) in enumerate(zip(row, names)):
+            if s.get("labels") is not None:
+                truth = np.where(s["mask"], s["labels"][:, t], np.nan)
+                ax.plot(s["x"], truth, color="black", linewidth=1.2, label="true")
+            ax.plot(s["x"], s["pred"][:, t], color="tab:red", linewidth=1.0, label="predicted")
+            ax.set_title(f"{video}: {name}", fontsize=9)
+            ax.set_xlabel(xlabel)
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,122 @@
+"""The training loop on tiny precomputed features: resuming repeats an uninterrupted run bit for bit,
+run-directory safety, schedules, config-file precedence."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from rja_models import train
+from rja_models.checkpoint import load_checkpoint
+from rja_models.data import save_features
+from rja_models.training.loop import lr_factor
+
+CLIP_FRAMES, DIM = 2, 8
+
+
+def make_feature_data(root: Path, videos: int = 6, clips: int = 12, seed: int = 0) -> Path:
+    """`root/{train,val}/<video>.pt` feature files whose labels are smooth functions of the features
+    (valence from audio, arousal from visual), so that a few epochs learn something."""
+    g = torch.Generator().manual_seed(seed)
+    for i in range(videos):
+        split = "val" if i >= videos - 2 else "train"
+        xa = torch.randn(clips, DIM, generator=g).cumsum(0) / 3
+        xv = torch.randn(clips, DIM, generator=g).cumsum(0) / 3
+        labels = torch.stack([torch.tanh(xa[:, 0]), torch.tanh(xv[:, 1])], dim=-1).repeat_interleave(CLIP_FRAMES, 0)
+        mask = torch.ones(clips * CLIP_FRAMES, dtype=torch.bool)
+        mask[3] = False
+        save_features(root / split, [{"video": f"v{i}", "xa": xa, "xv": xv, "labels": labels, "mask": mask}],
+                      clip_frames=CLIP_FRAMES)
+    return root
+
+
+def feature_args(data: Path, out: Path, *extra: str) -> list[str]:
+    """Tiny fusion-only training options (quiet, no TensorBoard)."""
+    return ["--data", "features", "--data-root", str(data), "--out", str(out), "--clips", "4", "--batch-size", "4",
+            "--lstm-hidden", "8", "--head-hidden", "8", "--attention-hidden", "4", "--train-stride", "4",
+            "--quiet", "--no-tensorboard", "--lr", "3e-3", *extra]
+
+
+@pytest.fixture(scope="module")
+def features(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_feature_data(tmp_path_factory.mktemp("features"))
+
+
+def state(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+def test_resume_repeats_an_uninterrupted_run_bit_for_bit(features, tmp_path):
+    # Dropout on, so the restored RNG state matters; the schedule spans all 3 epochs.
+    full = train.main(feature_args(features, tmp_path / "full", "--epochs", "3", "--dropout", "0.3"))
+    part = train.main(feature_args(features, tmp_path / "part", "--epochs", "3", "--dropout", "0.3", "--stop-after", "1"))
+    assert part == {"stopped": True, "epoch": 1}
+    assert load_checkpoint(tmp_path / "part" / "last.pt")["extra"]["state"]["epoch"] == 1
+    resumed = train.main(feature_args(features, tmp_path / "part", "--epochs", "3", "--dropout", "0.3", "--resume"))
+    a, b = state(tmp_path / "full" / "last.pt"), state(tmp_path / "part" / "last.pt")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert full["history"] == [{**h, "seconds": f["seconds"]} for h, f in zip(resumed["history"], full["history"])]
+    assert full["val"] == resumed["val"]
+    # The log holds each epoch once, also after the resume.
+    lines = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+def test_outputs_and_best_checkpoint(features, tmp_path):
+    summary = train.main(feature_args(features, tmp_path, "--epochs", "2"))
+    for name in ("last.pt", "best.pt", "metrics.jsonl", "learning_curves.png", "val_predictions.png", "summary.json"):
+        assert (tmp_path / name).is_file(), name
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["extra"]["state"]["best_epoch"] == summary["best_epoch"]
+    assert summary["val"] == summary["history"][summary["best_epoch"] - 1]["val"]
+    assert best["config"]["use_backbones"] is False and best["config"]["da"] == DIM
+
+
+def test_existing_run_needs_resume_or_overwrite(features, tmp_path):
+    train.main(feature_args(features, tmp_path, "--epochs", "1"))
+    with pytest.raises(SystemExit, match="--resume"):
+        train.main(feature_args(features, tmp_path, "--epochs", "1"))
+    with pytest.raises(SystemExit, match="different options.*lr"):
+        train.main(feature_args(features, tmp_path, "--epochs", "2", "--resume", "--lr", "1e-2"))
+    train.main(feature_args(features, tmp_path, "--epochs", "1", "--overwrite"))
+
+
+def test_mse_loss_and_sgd_step_schedule(features, tmp_path):
+    summary = train.main(feature_args(features, tmp_path, "--epochs", "2", "--loss", "mse", "--optimizer", "sgd",
+                                      "--schedule", "step", "--step-epochs", "1", "--step-gamma", "0.5"))
+    assert math.isfinite(summary["history"][-1]["train_loss"])
+
+
+def test_lr_schedules():
+    args = argparse.Namespace(epochs=4, warmup_epochs=1.0, schedule="cosine", step_epochs=1.0, step_gamma=0.1)
+    assert lr_factor(args, 0, 10) == pytest.approx(0.1)
+    assert lr_factor(args, 10, 10) == pytest.approx(1.0)
+    assert lr_factor(args, 25, 10) == pytest.approx(0.5)
+    assert lr_factor(args, 40, 10) == pytest.approx(0.0)
+    args.schedule, args.warmup_epochs = "step", 0.0
+    assert lr_factor(args, 25, 10) == pytest.approx(0.01)
+    args.schedule = "none"
+    assert lr_factor(args, 25, 10) == 1.0
+
+
+def test_config_file_under_command_line(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("epochs: 3\nimage-size: 40\nfusion: concat\nlr: 0.01\ntarget_names: [valence, arousal]\n")
+    train.main(["--config", str(config), "--epochs", "5", "--print-config"])
+    resolved = json.loads(capsys.readouterr().out)
+    assert resolved["options"]["epochs"] == 5  # command line over file
+    assert resolved["options"]["lr"] == 0.01  # file over default
+    assert resolved["model"]["image_size"] == 40 and resolved["model"]["fusion"] == "concat"
+    # An ablation is a base that explicit model options override; the embedded preset is under both.
+    train.main(["--ablation", "blstms_t3", "--iterations", "4", "--no-joint-blstm", "--print-config"])
+    model = json.loads(capsys.readouterr().out)["model"]
+    assert (model["iterations"], model["joint_blstm"], model["image_size"]) == (4, False, train.PRESET["image_size"])
+    (tmp_path / "c.json").write_text(json.dumps({"no_such_option": 1}))
+    with pytest.raises(SystemExit):
+        train.main(["--config", str(tmp_path / "c.json"), "--print-config"])
