@@ -61,6 +61,9 @@ else:
 @triton.jit
 def _tanh_parts(x):
     # tanh(|x|) = (1 - e) / (1 + e) with e = exp(-2|x|) in (0, 1]: no overflow for large |x|.
+    # On GPUs tl.exp and `/` are the approximate (~2^-22 relative) hardware versions, so the
+    # absolute error is a few float32 ulps of 1 (not relative to tanh(x) near 0): fine for an
+    # operand of a float32 dot product, and cheaper than a series branch on an element-bound loop.
     e = tl.exp(-2.0 * tl.abs(x))
     r = 1.0 / (1.0 + e)
     t = (1.0 - e) * r

@@ -3,10 +3,11 @@ Triton's interpreter (TRITON_INTERPRET=1, set below for this process; the kernel
 they are first defined, which is at their first use, so it only has to precede that).
 
 Accuracy rule for every dtype, flash-attention style: the kernel's error against a float64
-reference may be at most twice the error of the reference computed in the same dtype, plus an
-absolute floor of twice the error of rounding the exact result to that dtype (flash-attention's
-`fwd_atol`): outputs of a recursion store each iteration's features in the dtype, so their error
-is at least about one unit in the last place, and the reference's own max error can be lucky.
+reference of the same (rounded) inputs may be at most twice (float32: four times, see FACTOR)
+the error of the reference computed in that dtype, plus an absolute floor of twice the error of
+rounding the exact result to that dtype (flash-attention's `fwd_atol`): outputs of a recursion
+store each iteration's features in the dtype, so their error is at least about one unit in the
+last place, and the reference's own max error can be lucky.
 """
 
 import os
@@ -30,6 +31,10 @@ _reason = why_unavailable("triton", torch.device(DEVICE), torch.float32)
 pytestmark = pytest.mark.skipif(_reason is not None, reason=f"triton backend unavailable: {_reason}")
 
 
+# float32 gets a wider factor: on GPUs the kernels' tanh uses the hardware's approximate exp and
+# reciprocal (a few ulps, against torch's correctly rounded tanh), which at float32's level of
+# error is visible, while in float16/bfloat16 the rounding of intermediates dominates.
+FACTOR = {torch.float32: 4.0, torch.float16: 2.0, torch.bfloat16: 2.0}
 NAMES = ["xa_out", "xv_out", "grad_xa", "grad_xv", "grad_w_ja", "grad_w_jv", "grad_w_a", "grad_w_v",
          "grad_w_ca", "grad_w_cv", "grad_w_ha", "grad_w_hv"]
 
@@ -61,7 +66,7 @@ def check_against_reference(shape: tuple[int, ...], iterations: int, shared: boo
             continue
         assert g.dtype == dtype and g.shape == e.shape and g.is_contiguous(), name
         floor = 2 * (e.to(dtype).double() - e).abs().max().item() + 1e-6
-        tol = low_precision_tolerance(r, e, floor=floor)
+        tol = low_precision_tolerance(r, e, factor=FACTOR[dtype], floor=floor)
         err = (g.double() - e).abs().max().item()
         assert err <= tol, f"{name}: error {err:.3g} > tolerance {tol:.3g} ({dtype}, T={iterations}, shared={shared})"
 
