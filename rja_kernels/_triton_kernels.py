@@ -47,14 +47,15 @@ if INTERPRETED:
     _FWD_CONFIGS = [triton.Config({"BM": 32, "BD": 64}, num_warps=1)]
     _BWD_CONFIGS = _FWD_CONFIGS
 else:
-    # Few configs: every one is compiled per dtype and (L, k) padding at first use of a shape.
+    # Few configs: each is compiled per dtype and (L, k) padding at the first use of a shape, and
+    # compiling dominates a first call (a GPU run of the tests spent most of its time there).
     _FWD_CONFIGS = [
-        triton.Config({"BM": bm, "BD": bd}, num_warps=w, num_stages=s)
-        for bm, bd, w, s in ((32, 64, 4, 2), (64, 64, 4, 2), (64, 128, 8, 2), (128, 64, 8, 2))
+        triton.Config({"BM": bm, "BD": bd}, num_warps=w, num_stages=2)
+        for bm, bd, w in ((64, 64, 4), (64, 128, 8), (128, 64, 8))
     ]
     _BWD_CONFIGS = [
         triton.Config({"BM": bm, "BD": bd}, num_warps=w, num_stages=1)
-        for bm, bd, w in ((32, 64, 4), (64, 64, 8), (64, 32, 4))
+        for bm, bd, w in ((32, 64, 4), (64, 64, 8))
     ]
 
 
