@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <vector>
 
@@ -37,9 +38,27 @@ constexpr int64_t kGroup = 8;
 // Least work (multiply-adds, or element copies) worth waking another thread for: small problems
 // run on one thread, as a barrier costs more than their work, above all on a loaded machine.
 constexpr int64_t kMinParallelWork = int64_t(1) << 20;
+// Backward: a batch smaller than this is split within samples; at most this many gradient groups.
+constexpr int64_t kMinTasks = 16;
+constexpr int64_t kMaxGroups = 32;
 
 int64_t grain_for(int64_t work_per_item) {
   return std::max<int64_t>(1, kMinParallelWork / std::max<int64_t>(1, work_per_item));
+}
+
+// Runs worker(take) on up to `workers` intra-op threads; take() hands out 0, 1, ..., n-1, then -1.
+// Items go to whichever thread is free: a static split would wait for a thread that another
+// process slows down, the usual case on a shared machine. Callers make their results independent
+// of which thread takes which item.
+template <typename Worker>
+void dynamic_parallel(int64_t n, int64_t workers, const Worker& worker) {
+  if (n == 0) return;
+  std::atomic<int64_t> next{0};
+  const auto take = [&]() -> int64_t {
+    const int64_t i = next.fetch_add(1, std::memory_order_relaxed);
+    return i < n ? i : -1;
+  };
+  at::parallel_for(0, std::clamp<int64_t>(workers, 1, n), 1, [&](int64_t, int64_t) { worker(take); });
 }
 
 template <typename T>
@@ -324,10 +343,10 @@ void forward_impl(const Dims<T>& D, const Weights<T>& W, int64_t iterations, at:
     build_joint(D, x[0], x[1], J.data());
     const std::array<ModalityWeights<T>, 2> mw = {W.get(D, 0, set), W.get(D, 1, set)};
     // Row blocks are independent within an iteration: parallel over (sample, row block).
-    const int64_t unit_work = kRows<T> * (D.d6 * (D.L + D.k) + 3 * D.L * D.k);
-    at::parallel_for(0, D.batch * U, grain_for(unit_work), [&](int64_t u0, int64_t u1) {
+    const int64_t units = D.batch * U, unit_work = kRows<T> * (D.d6 * (D.L + D.k) + 3 * D.L * D.k);
+    dynamic_parallel(units, units / grain_for(unit_work), [&](const auto& take) {
       Scratch<T> s(D);
-      for (int64_t u = u0; u < u1; ++u) {
+      for (int64_t u; (u = take()) >= 0;) {
         const int64_t b = u / U;
         const Unit un = unit_of(D, u % U);
         const int64_t dm = D.dm(un.m), sample = b * D.L * dm;
@@ -365,17 +384,17 @@ void backward_impl(const Dims<T>& D, const Weights<T>& W, const at::Tensor& xa_i
                    const at::Tensor& xv_iters, at::Tensor& ga, at::Tensor& gv,
                    std::array<at::Tensor, 8>& grad_w) {
   const int64_t iterations = xa_iters.size(0), U = D.units();
-  const int nthreads = at::get_num_threads();
-  // Split samples into parts (ranges of row blocks) when there are too few samples to keep every
-  // thread busy; each part accumulates its own grad J, reduced in part order afterwards.
-  const int64_t parts = std::clamp<int64_t>((4 * nthreads + D.batch - 1) / std::max<int64_t>(D.batch, 1),
-                                            1, U);
+  // The work is cut into tasks (a sample, or a range of its row blocks when the batch is small)
+  // and tasks into groups: each group has its own weight-gradient accumulators and each task its
+  // own grad J, all summed in a fixed order afterwards. The cut depends on the shapes only, so the
+  // gradients are the same bits for any thread count and any thread-to-group assignment.
+  const int64_t parts = std::clamp<int64_t>((kMinTasks + D.batch - 1) / std::max<int64_t>(D.batch, 1), 1, U);
   const int64_t tasks = D.batch * parts;
+  const int64_t groups = std::min(tasks, kMaxGroups);
   const int64_t work = D.batch * U * kRows<T> * D.d6 * 3 * (D.L + D.k);
-  const int64_t chunks = std::clamp<int64_t>(work / kMinParallelWork, 1, std::min<int64_t>(nthreads, tasks));
   std::vector<T> J(D.batch * D.L * D.d6), gjt(tasks * D.d6 * D.lv);
   std::vector<std::array<GradAcc<T>, 2>> acc;
-  for (int64_t c = 0; c < chunks; ++c) acc.push_back({GradAcc<T>(D), GradAcc<T>(D)});
+  for (int64_t c = 0; c < groups; ++c) acc.push_back({GradAcc<T>(D), GradAcc<T>(D)});
   at::Tensor ga_next = at::empty_like(ga), gv_next = at::empty_like(gv);
 
   for (int64_t t = iterations - 1; t >= 0; --t) {
@@ -386,16 +405,14 @@ void backward_impl(const Dims<T>& D, const Weights<T>& W, const at::Tensor& xa_i
     build_joint(D, x[0], x[1], J.data());
     std::fill(gjt.begin(), gjt.end(), T(0));
     const std::array<ModalityWeights<T>, 2> mw = {W.get(D, 0, set), W.get(D, 1, set)};
-    // Chunk c owns a fixed contiguous range of tasks and its own weight-gradient accumulators,
-    // so the sums below are the same run to run for a given thread count.
-    // Weight gradients are summed per task, then per chunk: shorter rounding chains.
-    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    // Weight gradients are summed per task, then per group: shorter rounding chains.
+    dynamic_parallel(groups, work / kMinParallelWork, [&](const auto& take) {
       Scratch<T> s(D);
       std::array<GradAcc<T>, 2> task_acc = {GradAcc<T>(D), GradAcc<T>(D)};
-      for (int64_t c = c0; c < c1; ++c) {
+      for (int64_t c; (c = take()) >= 0;) {
         acc[c][0].zero();
         acc[c][1].zero();
-        for (int64_t task = c * tasks / chunks; task < (c + 1) * tasks / chunks; ++task) {
+        for (int64_t task = c * tasks / groups; task < (c + 1) * tasks / groups; ++task) {
           const int64_t b = task / parts, p = task % parts;
           T* task_gjt = gjt.data() + task * D.d6 * D.lv;
           const int64_t u0 = p * U / parts, u1 = (p + 1) * U / parts;
@@ -429,13 +446,13 @@ void backward_impl(const Dims<T>& D, const Weights<T>& W, const at::Tensor& xa_i
         }
       }
     });
-    // Weight gradients of this iteration: chunk partials in chunk order.
+    // Weight gradients of this iteration: group partials in group order.
     for (int m = 0; m < 2; ++m) {
       T* gw_j = grad_w[0 + m].data_ptr<T>() + set * D.L * D.L;
       T* gw_u = grad_w[2 + m].data_ptr<T>() + set * D.k * D.L;
       T* gw_c = grad_w[4 + m].data_ptr<T>() + set * D.k * D.d;
       T* gw_h = grad_w[6 + m].data_ptr<T>() + set * D.L * D.k;
-      for (int64_t c = 0; c < chunks; ++c) {
+      for (int64_t c = 0; c < groups; ++c) {
         const GradAcc<T>& a = acc[c][m];
         for (int64_t q = 0; q < D.k; ++q) {
           for (int64_t col = 0; col < D.d; ++col) gw_c[q * D.d + col] += a.wc[col * D.kv + q];
