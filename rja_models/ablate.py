@@ -105,6 +105,9 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     unknown = set(variants) - set(ABLATIONS)
     if unknown:
         raise SystemExit(f"error: unknown variants {sorted(unknown)}; expected some of {sorted(ABLATIONS)}")
+    if args.print_config:
+        print(json.dumps(options_dict(args), indent=2))
+        return {}
     ctx = DistContext(device=resolve_device(args.device))
     features = prepare_features(args, ctx)
     results: dict[str, dict[str, Any]] = {}

@@ -43,7 +43,7 @@ def test_two_processes_match_one(tmp_path: Path, loss: str) -> None:
     assert not any(p.name.startswith("rank") for p in (tmp_path / "ddp").iterdir())  # only rank 0 wrote
 
     single = train.main(feature_args(data, tmp_path / "one", *options))
-    a, b = load_checkpoint(tmp_path / "ddp" / "last.pt")["model"], load_checkpoint(tmp_path / "one" / "last.pt")["model"]
+    a, b = (load_checkpoint(tmp_path / run / "last.pt")["model"] for run in ("ddp", "one"))
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
     for h_ddp, h_one in zip(summary["history"], single["history"]):
