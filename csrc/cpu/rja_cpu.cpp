@@ -206,7 +206,7 @@ void forward_block(const Dims<T>& D, const ModalityWeights<T>& W, const T* J, co
   store_rows(s.gx.data(), dm, r0, nr, D.L, out);
 }
 
-// Gradient accumulators of one thread for one modality (weights of one iteration).
+// Weight-gradient accumulators for one modality (weights of one iteration).
 template <typename T>
 struct GradAcc {
   std::vector<T> wc, wj, wu, wh;  // [d6][kv], [L][lv], [k][lv], [L][kv]
