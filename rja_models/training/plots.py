@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # before pyplot is imported: no display needed
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 
 def plot_learning_curves(history: Sequence[dict[str, Any]], names: Sequence[str], path: Path) -> None:
@@ -26,6 +27,7 @@ def plot_learning_curves(history: Sequence[dict[str, Any]], names: Sequence[str]
     ax_ccc.legend()
     for ax in (ax_loss, ax_ccc):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _save(fig, path)
 
 
