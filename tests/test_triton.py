@@ -1,6 +1,5 @@
 """The "triton" backend against the reference: on CUDA when there is a GPU, otherwise on CPU in
-Triton's interpreter (TRITON_INTERPRET=1, set below for this process; the kernels read it when
-they are first defined, which is at their first use, so it only has to precede that).
+Triton's interpreter (TRITON_INTERPRET=1, set for the whole test process by tests/conftest.py).
 
 Accuracy rule for every dtype, flash-attention style: the kernel's error against a float64
 reference of the same (rounded) inputs may be at most twice (float32: four times, see FACTOR)
@@ -18,13 +17,11 @@ import textwrap
 import pytest
 import torch
 
-CUDA = torch.cuda.is_available()
-if not CUDA:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+import rja_kernels
+from rja_kernels.backends import BackendUnavailableError, why_unavailable
+from rja_kernels.testing import low_precision_tolerance, make_inputs
 
-import rja_kernels  # noqa: E402
-from rja_kernels.backends import BackendUnavailableError, why_unavailable  # noqa: E402
-from rja_kernels.testing import low_precision_tolerance, make_inputs  # noqa: E402
+CUDA = torch.cuda.is_available()
 
 DEVICE = "cuda" if CUDA else "cpu"
 _reason = why_unavailable("triton", torch.device(DEVICE), torch.float32)
