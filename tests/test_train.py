@@ -13,7 +13,7 @@ import torch
 
 from rja_models import train
 from rja_models.checkpoint import load_checkpoint
-from rja_models.data import save_features
+from rja_models.data import DataError, save_features
 from rja_models.training.loop import lr_factor
 
 CLIP_FRAMES, DIM = 2, 8
@@ -86,6 +86,12 @@ def test_existing_run_needs_resume_or_overwrite(features, tmp_path):
     with pytest.raises(SystemExit, match="different options.*lr"):
         train.main(feature_args(features, tmp_path, "--epochs", "2", "--resume", "--lr", "1e-2"))
     train.main(feature_args(features, tmp_path, "--epochs", "1", "--overwrite"))
+
+
+def test_empty_split_is_a_clear_error(features, tmp_path):
+    # v0 is a training video only: the validation split selects nothing.
+    with pytest.raises((SystemExit, DataError), match=r"val.*(has no sub-sequence|holds no feature file)"):
+        train.main(feature_args(features, tmp_path, "--epochs", "1", "--videos", "v0"))
 
 
 def test_mse_loss_and_sgd_step_schedule(features, tmp_path):

@@ -62,16 +62,26 @@ def build_dataset(args: argparse.Namespace, root: Path, split: str, config: Mode
     if args.data == "features":
         folder = root / split
         names = None if wanted is None else [v for v in wanted if (folder / f"{v}.pt").exists()]
-        return FeatureDataset(folder, clips=config.clips, videos=names,
-                              stride=None if stride is None else max(1, stride // config.clip_frames))
+        dataset = FeatureDataset(folder, clips=config.clips, videos=names,
+                                 stride=None if stride is None else max(1, stride // config.clip_frames))
+        return _non_empty(dataset, split, folder, args.videos)
     names = None
     if wanted is not None:
         folder = root / "VA_Estimation_Challenge" / SPLIT_FOLDERS[split]
         names = [v for v in wanted if (folder / f"{v}.txt").exists()]
-    return AffWild2Dataset(root, split, clip_frames=config.clip_frames, clips=config.clips, stride=stride,
-                           sample_rate=config.sample_rate, image_size=config.image_size, videos=names,
-                           visual_only=not config.uses_audio, audio_samples=audio_samples,
-                           target_names=config.targets.names, progress=progress)
+    dataset = AffWild2Dataset(root, split, clip_frames=config.clip_frames, clips=config.clips, stride=stride,
+                              sample_rate=config.sample_rate, image_size=config.image_size, videos=names,
+                              visual_only=not config.uses_audio, audio_samples=audio_samples,
+                              target_names=config.targets.names, progress=progress)
+    return _non_empty(dataset, split, root, args.videos)
+
+
+def _non_empty(dataset: Dataset, split: str, where: Path, videos: str | None) -> Dataset:
+    # An empty split would train on nothing or report a NaN CCC; say why instead.
+    if len(dataset) == 0:
+        chosen = f" among --videos {videos}" if videos else ""
+        raise SystemExit(f"error: the {split} split under {where} has no sub-sequence{chosen}")
+    return dataset
 
 
 def train_loader(dataset: Dataset, batch_size: int, ctx: DistContext, seed: int, num_workers: int
