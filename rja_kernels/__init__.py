@@ -4,12 +4,8 @@
 `rja::recursive_joint_attention` custom op and every backend built in this installation.
 """
 
-from rja_kernels import (
-    cpu,  # noqa: F401  (registers the fused C++ CPU backend)
-    cuda,  # noqa: F401
-    reference,  # noqa: F401  (registers the reference backend)
-    triton_rja,  # noqa: F401
-)
+# Each backend module registers its backend on import (an unbuilt one reports why it cannot run).
+from rja_kernels import cpu, cuda, reference, triton_rja  # noqa: F401
 from rja_kernels.backends import BackendUnavailableError, available_backends
 from rja_kernels.op import recursive_joint_attention
 from rja_kernels.reference import recursive_joint_attention_reference
