@@ -1,4 +1,4 @@
-"""Triton kernels of the recursive joint attention operator (../shared/SPEC.md).
+"""Triton kernels of the recursive joint attention operator (docs/SPEC.md).
 
 Imported lazily by `rja_kernels.triton_rja` on first use, for two reasons: importing triton is
 slow, and `@triton.jit` reads `TRITON_INTERPRET` when the kernels are *defined*, so the choice

@@ -11,6 +11,24 @@ from torch import Tensor
 from rja_kernels.backends import get_backend, resolve_backend
 
 WEIGHT_NAMES = ("w_ja", "w_jv", "w_a", "w_v", "w_ca", "w_cv", "w_ha", "w_hv")
+# The SPEC's layout of one iteration's weights, `[Tw, ...]` without the leading Tw.
+WEIGHT_LAYOUTS = {
+    "w_ja": "[L, L]", "w_jv": "[L, L]",
+    "w_a": "[k, L]", "w_v": "[k, L]",
+    "w_ca": "[k, da + dv]", "w_cv": "[k, da + dv]",
+    "w_ha": "[L, k]", "w_hv": "[L, k]",
+}
+
+
+def weight_shapes(seq: int, da: int, dv: int, k: int) -> dict[str, tuple[int, int]]:
+    """Shape of one iteration's slice of each weight (`WEIGHT_LAYOUTS` with the sizes filled in)."""
+    d = da + dv
+    return {
+        "w_ja": (seq, seq), "w_jv": (seq, seq),
+        "w_a": (k, seq), "w_v": (k, seq),
+        "w_ca": (k, d), "w_cv": (k, d),
+        "w_ha": (seq, k), "w_hv": (seq, k),
+    }
 
 
 def _expect_shape(name: str, t: Tensor, expected: tuple[int, ...], meaning: str) -> None:
@@ -56,20 +74,9 @@ def check_inputs(xa: Tensor, xv: Tensor, weights: tuple[Tensor, ...], iterations
         )
     if k < 1:
         raise ValueError(f"k (w_a.shape[1]) must be >= 1, got {k}")
-    d = da + dv
-    expected = {
-        "w_ja": ((tw, seq, seq), "[Tw, L, L]"),
-        "w_jv": ((tw, seq, seq), "[Tw, L, L]"),
-        "w_a": ((tw, k, seq), "[Tw, k, L]"),
-        "w_v": ((tw, k, seq), "[Tw, k, L]"),
-        "w_ca": ((tw, k, d), "[Tw, k, da + dv]"),
-        "w_cv": ((tw, k, d), "[Tw, k, da + dv]"),
-        "w_ha": ((tw, seq, k), "[Tw, L, k]"),
-        "w_hv": ((tw, seq, k), "[Tw, L, k]"),
-    }
+    shapes = weight_shapes(seq, da, dv, k)
     for name, w in zip(WEIGHT_NAMES, weights):
-        shape, meaning = expected[name]
-        _expect_shape(name, w, shape, meaning)
+        _expect_shape(name, w, (tw, *shapes[name]), f"[Tw, {WEIGHT_LAYOUTS[name][1:]}")
 
 
 @torch.library.custom_op("rja::recursive_joint_attention", mutates_args=(), device_types=("cpu", "cuda"))

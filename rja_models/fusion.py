@@ -6,11 +6,11 @@ import torch
 from torch import Tensor, nn
 
 import rja_kernels
-from rja_kernels.op import WEIGHT_NAMES
+from rja_kernels.op import WEIGHT_NAMES, weight_shapes
 
 
 class RecursiveJointAttention(nn.Module):
-    """Holds the eight weights of ../shared/SPEC.md, `[Tw, ...]` with `Tw = 1` when shared by all
+    """Holds the eight weights of docs/SPEC.md, `[Tw, ...]` with `Tw = 1` when shared by all
     iterations, else `Tw = iterations`, and calls `rja_kernels.recursive_joint_attention`."""
 
     def __init__(self, clips: int, da: int, dv: int, hidden: int, iterations: int,
@@ -19,13 +19,7 @@ class RecursiveJointAttention(nn.Module):
         self.iterations = iterations
         self.backend = backend
         tw = 1 if shared_weights else iterations
-        d = da + dv
-        shapes = {
-            "w_ja": (clips, clips), "w_jv": (clips, clips),
-            "w_a": (hidden, clips), "w_v": (hidden, clips),
-            "w_ca": (hidden, d), "w_cv": (hidden, d),
-            "w_ha": (clips, hidden), "w_hv": (clips, hidden),
-        }
+        shapes = weight_shapes(clips, da, dv, hidden)
         for name in WEIGHT_NAMES:
             self.register_parameter(name, nn.Parameter(torch.empty(tw, *shapes[name])))
         self.reset_parameters()

@@ -1,4 +1,4 @@
-// Fused CPU kernel of the recursive joint attention operator (shared/SPEC.md): forward and
+// Fused CPU kernel of the recursive joint attention operator (docs/SPEC.md): forward and
 // backward of all T iterations in one call, float32 and float64.
 //
 // Layout. Each modality m (audio: rows 0..da of J's columns, visual: da..d) is processed in row

@@ -1,4 +1,4 @@
-// The fused kernels of the recursive joint attention operator (shared/SPEC.md), compiled by nvcc
+// The fused kernels of the recursive joint attention operator (docs/SPEC.md), compiled by nvcc
 // for the GPU and by the host compiler against csrc/emu/emu.h for the CPU tests.
 //
 // One thread block per batch element owns the whole sample, so all T iterations run in one launch:
