@@ -46,4 +46,4 @@ def unsupported(device: torch.device, dtype: torch.dtype) -> str | None:
     return None
 
 
-register_backend(Backend("cpu", forward, backward, unsupported))
+register_backend(Backend("cpu", "joint_cross_attention", forward, backward, unsupported))

@@ -41,4 +41,4 @@ def _unsupported(device: torch.device, dtype: torch.dtype) -> str | None:
     return None
 
 
-register_backend(Backend("cuda", forward, backward, _unsupported))
+register_backend(Backend("cuda", "joint_cross_attention", forward, backward, _unsupported))

@@ -6,27 +6,40 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rja_kernels.op import WEIGHT_NAMES, recursive_joint_attention, weight_shapes
+from rja_kernels import jca_op, paper_op
+from rja_kernels.op import OperatorSpec
+
+OPERATORS: dict[str, OperatorSpec] = {spec.name: spec for spec in (paper_op.SPEC, jca_op.SPEC)}
+PUBLIC = {"recursive_joint_attention": paper_op.recursive_joint_attention,
+          "joint_cross_attention": jca_op.joint_cross_attention}
 
 
 def make_inputs(
-    b: int, seq: int, da: int, dv: int, k: int, iterations: int, tw: int | None = None,
-    dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", seed: int = 0,
+    operator: str, b: int, seq: int, da: int, dv: int, iterations: int, k: int | None = None,
+    tw: int | None = None, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", seed: int = 0,
     requires_grad: bool = False,
 ) -> dict[str, Tensor]:
-    """Features ~ N(0, 1) and Xavier-scaled weights, as the model initialises them, so the
-    tanh and relu see realistic (neither saturated nor linear) pre-activations."""
+    """Inputs of `operator` ("recursive_joint_attention" or "joint_cross_attention", which needs `k`):
+    features ~ N(0, 1) and Xavier-scaled weights, as the model initialises them, so the tanh and
+    relu see realistic (neither saturated nor linear) pre-activations."""
+    spec = OPERATORS[operator]
     tw = iterations if tw is None else tw
     gen = torch.Generator().manual_seed(seed)
     shapes = {"xa": (b, seq, da), "xv": (b, seq, dv)}
-    shapes.update({name: (tw, *shape) for name, shape in weight_shapes(seq, da, dv, k).items()})
+    shapes.update({name: (tw, *shape) for name, shape in spec.weight_shapes(seq, da, dv, {"k": k}).items()})
     out = {}
     for name, shape in shapes.items():
         t = torch.randn(shape, generator=gen, dtype=torch.float64)
-        if name in WEIGHT_NAMES:
+        if name in spec.weight_names:
             t *= (2.0 / (shape[1] + shape[2])) ** 0.5
         out[name] = t.to(device=device, dtype=dtype).requires_grad_(requires_grad)
     return out
+
+
+def call_operator(operator: str, inp: dict[str, Tensor], iterations: int, backend: str = "auto",
+                  **options: bool) -> tuple[Tensor, Tensor]:
+    """The public function of `operator` on the tensors of `make_inputs`."""
+    return PUBLIC[operator](**inp, iterations=iterations, backend=backend, **options)
 
 
 def low_precision_tolerance(ref_low: Tensor, ref_exact: Tensor, factor: float = 2.0, floor: float = 1e-5
@@ -74,30 +87,37 @@ def emulated_cuda_backward(grad_xa: Tensor, grad_xv: Tensor, xa_iters: Tensor, x
 
 
 class Fusion(torch.nn.Module):
-    """A small module around the operator, for torch.compile tests."""
+    """A small module around an operator, for torch.compile tests."""
 
-    def __init__(self, backend: str, iterations: int = 2):
+    def __init__(self, operator: str, backend: str, iterations: int = 2, **options: bool):
         super().__init__()
-        self.backend, self.iterations = backend, iterations
+        self.operator, self.backend, self.iterations, self.options = operator, backend, iterations, options
 
     def forward(self, inp: dict) -> torch.Tensor:
-        xa, xv = recursive_joint_attention(**inp, iterations=self.iterations, backend=self.backend)
+        xa, xv = call_operator(self.operator, inp, self.iterations, self.backend, **self.options)
         return torch.cat([xa, xv], dim=-1).relu()
 
 
-def opcheck_backend(backend: str, device: str = "cpu", dtype: torch.dtype = torch.float64) -> None:
-    """torch.library.opcheck of the op through `backend`, with per-iteration and shared weights."""
+def _sizes(operator: str) -> dict[str, int]:
+    return {"k": 3} if operator == "joint_cross_attention" else {}
+
+
+def opcheck_backend(operator: str, backend: str, device: str = "cpu", dtype: torch.dtype = torch.float64) -> None:
+    """torch.library.opcheck of `operator` through `backend`, with per-iteration and shared weights
+    (and, for the paper's form, both switches on)."""
+    op = getattr(torch.ops.rja, operator).default
+    options = (True, True) if operator == "recursive_joint_attention" else ()
     for shared in (False, True):
-        inp = make_inputs(2, 4, 6, 5, 3, 2, tw=1 if shared else None, dtype=dtype, device=device,
-                          requires_grad=True)
-        torch.library.opcheck(torch.ops.rja.recursive_joint_attention.default,
-                              (*inp.values(), 2, backend))
+        inp = make_inputs(operator, 2, 4, 6, 5, 2, **_sizes(operator), tw=1 if shared else None, dtype=dtype,
+                          device=device, requires_grad=True)
+        torch.library.opcheck(op, (*inp.values(), 2, *options, backend))
 
 
-def compile_matches_eager(backend: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+def compile_matches_eager(operator: str, backend: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                          **options: bool) -> None:
     """torch.compile(fullgraph=True) of a module using the op matches eager, outputs and grads."""
-    inp = make_inputs(2, 5, 6, 7, 3, 2, dtype=dtype, device=device, requires_grad=True)
-    module = Fusion(backend)
+    inp = make_inputs(operator, 2, 5, 6, 7, 2, **_sizes(operator), dtype=dtype, device=device, requires_grad=True)
+    module = Fusion(operator, backend, **options)
     eager = module(inp)
     torch._dynamo.reset()
     compiled = torch.compile(module, fullgraph=True)(inp)

@@ -72,4 +72,4 @@ def backward(grad_xa: Tensor, grad_xv: Tensor, xa_iters: Tensor, xv_iters: Tenso
     return tuple(_kernels().triton_backward(grad_xa, grad_xv, xa_iters, xv_iters, *weights))
 
 
-register_backend(Backend("triton", forward, backward, unsupported))
+register_backend(Backend("triton", "joint_cross_attention", forward, backward, unsupported))

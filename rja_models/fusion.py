@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 import rja_kernels
-from rja_kernels.op import WEIGHT_NAMES, weight_shapes
+from rja_kernels.jca_op import WEIGHT_NAMES, weight_shapes
 
 
 class RecursiveJointAttention(nn.Module):
@@ -19,7 +19,7 @@ class RecursiveJointAttention(nn.Module):
         self.iterations = iterations
         self.backend = backend
         tw = 1 if shared_weights else iterations
-        shapes = weight_shapes(clips, da, dv, hidden)
+        shapes = weight_shapes(clips, da, dv, {"k": hidden})
         for name in WEIGHT_NAMES:
             self.register_parameter(name, nn.Parameter(torch.empty(tw, *shapes[name])))
         self.reset_parameters()
@@ -36,7 +36,7 @@ class RecursiveJointAttention(nn.Module):
         device = xa.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weights[0].dtype
         xa, xv, *weights = (t.to(dtype) for t in (xa, xv, *weights))
-        return rja_kernels.recursive_joint_attention(
+        return rja_kernels.joint_cross_attention(
             xa, xv, *weights, iterations=self.iterations, backend=self.backend)
 
     def extra_repr(self) -> str:

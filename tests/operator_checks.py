@@ -1,0 +1,282 @@
+"""Checks every operator must pass, on every backend this machine runs. Each operator's test file
+(test_recursive_joint_attention.py, test_joint_cross_attention.py) imports them and provides the
+fixtures `operator`, `options` (its switch settings) and `spec_loop` (its independent oracle)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rja_kernels
+from rja_kernels.backends import BACKEND_NAMES, why_unavailable
+from rja_kernels.testing import (
+    call_operator,
+    compile_matches_eager,
+    low_precision_tolerance,
+    make_inputs,
+    opcheck_backend,
+)
+
+KERNEL_BACKENDS = [n for n in BACKEND_NAMES if n != "reference"]
+DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+SHAPES = [  # B, L, da, dv, k (k: JCA form only). Odd sizes; the last ones span several tiles.
+    (3, 4, 6, 5, 7),
+    (2, 1, 3, 8, 2),
+    (1, 5, 24, 40, 12),
+    (2, 17, 33, 20, 20),
+]
+
+
+def _require(backend: str, operator: str, dtype: torch.dtype = torch.float32) -> None:
+    reason = why_unavailable(backend, torch.device("cpu"), dtype, operator)
+    if reason is not None:
+        pytest.skip(reason)
+
+
+def _inputs(operator, shape, iterations, shared=False, dtype=torch.float64, requires_grad=False, seed=0):
+    b, seq, da, dv, k = shape
+    return make_inputs(operator, b, seq, da, dv, iterations, k=k, tw=1 if shared else None, dtype=dtype,
+                       seed=seed, requires_grad=requires_grad)
+
+
+def _forward_and_grads(operator, inp, iterations, backend, options, grad_seed=1):
+    """Outputs and the gradients of every input for fixed random output gradients."""
+    inp = {n: t.detach().requires_grad_() for n, t in inp.items()}
+    xa, xv = call_operator(operator, inp, iterations, backend, **options)
+    gen = torch.Generator().manual_seed(grad_seed)
+    ga = torch.randn(xa.shape, generator=gen, dtype=torch.float64).to(xa.dtype)
+    gv = torch.randn(xv.shape, generator=gen, dtype=torch.float64).to(xv.dtype)
+    grads = torch.autograd.grad((xa * ga).sum() + (xv * gv).sum(), list(inp.values()))
+    return (xa, xv, *grads)
+
+
+def test_every_backend_runs_here(operator):
+    # CI has every extension built and the test environment turns on Triton's interpreter and the
+    # CUDA emulator, so a missing backend is a failure, not a skip.
+    missing = {n: why_unavailable(n, torch.device("cpu"), torch.float32, operator) for n in BACKEND_NAMES}
+    assert not {n: r for n, r in missing.items() if r is not None}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("iterations", [1, 2, 3, 4])
+@pytest.mark.parametrize("shared", [False, True])
+def test_reference_matches_spec_loop(operator, options, spec_loop, shape, iterations, shared):
+    inp = _inputs(operator, shape, iterations, shared)
+    expect = spec_loop(inp, iterations, **options)
+    plain = getattr(rja_kernels, f"{operator}_reference")(**inp, iterations=iterations, **options)
+    through_op = call_operator(operator, inp, iterations, "reference", **options)
+    for got in (plain, through_op):
+        for g, e in zip(got, expect):
+            torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 3, 2), (1, 1, 2, 3, 2), (2, 4, 3, 5, 3)])
+@pytest.mark.parametrize("iterations", [1, 2, 3])
+@pytest.mark.parametrize("shared", [False, True])
+def test_gradcheck_reference(operator, options, shape, iterations, shared):
+    # The reference's analytic backward (the formulas every kernel implements) against finite differences.
+    inp = _inputs(operator, shape, iterations, shared, requires_grad=True)
+    names = list(inp)
+
+    def fn(*tensors):
+        return call_operator(operator, dict(zip(names, tensors)), iterations, "reference", **options)
+
+    assert torch.autograd.gradcheck(fn, tuple(inp.values()), eps=1e-6, atol=1e-7)
+
+
+def test_double_backward_on_reference(operator, options):
+    inp = _inputs(operator, (2, 3, 4, 3, 2), 2, requires_grad=True)
+    names = list(inp)
+
+    def fn(*tensors):
+        return call_operator(operator, dict(zip(names, tensors)), 2, "reference", **options)
+
+    assert torch.autograd.gradgradcheck(fn, tuple(inp.values()), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_double_backward_on_a_kernel_says_what_to_use(operator, backend):
+    _require(backend, operator, torch.float64 if backend == "cpu" else torch.float32)
+    dtype = torch.float64 if backend == "cpu" else torch.float32
+    inp = _inputs(operator, (2, 3, 4, 3, 2), 2, dtype=dtype, requires_grad=True)
+    xa, _ = call_operator(operator, inp, 2, backend)
+    (grad,) = torch.autograd.grad(xa.sum(), inp["xa"], create_graph=True)
+    with pytest.raises(RuntimeError, match=rf"double backward through rja::{operator} is not supported on "
+                                           rf"backend='{backend}'.*backend='reference'"):
+        grad.square().sum().backward()
+
+
+f64, f32, f16, bf16 = DTYPES
+# (shape, iterations, shared weights, dtype): every shape, T = 1..4, Tw = 1 and T, every dtype,
+# without the full product (Triton's interpreter and the CUDA emulator are slow).
+BACKEND_CASES = [
+    (SHAPES[0], 1, False, f64), (SHAPES[3], 3, False, f64),
+    (SHAPES[0], 2, True, f32), (SHAPES[1], 3, False, f32), (SHAPES[2], 2, False, f32), (SHAPES[3], 2, True, f32),
+    (SHAPES[0], 4, False, f32),
+    (SHAPES[2], 2, False, f16), (SHAPES[1], 1, True, f16),
+    (SHAPES[3], 2, True, bf16), (SHAPES[0], 3, False, bf16),
+]
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize(("shape", "iterations", "shared", "dtype"), BACKEND_CASES,
+                         ids=lambda v: str(v).replace("torch.", "") if not isinstance(v, tuple) else "x".join(map(str, v)))
+def test_backend_matches_reference(operator, options, backend, shape, iterations, shared, dtype):
+    """Outputs and all gradients within the rule: the error the reference itself makes in this dtype."""
+    _require(backend, operator, dtype)
+    exact_inp = _inputs(operator, shape, iterations, shared)
+    low_inp = {n: t.to(dtype) for n, t in exact_inp.items()}
+    exact = _forward_and_grads(operator, exact_inp, iterations, "reference", options)
+    got = _forward_and_grads(operator, low_inp, iterations, backend, options)
+    names = ["xa_out", "xv_out", *(f"grad_{n}" for n in exact_inp)]
+    if dtype == torch.float64:
+        for name, g, e in zip(names, got, exact):
+            torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-9, msg=name)
+        return
+    ref_low = _forward_and_grads(operator, low_inp, iterations, "reference", options)
+    for name, g, r, e in zip(names, got, ref_low, exact):
+        assert g.dtype == dtype, name
+        error = (g.double() - e).abs().max().item()
+        assert error <= low_precision_tolerance(r, e, factor=3.0), (name, error)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_saturating_and_non_contiguous_inputs(operator, options, backend):
+    _require(backend, operator)
+    inp = _inputs(operator, (2, 5, 6, 9, 4), 2)
+    inp["xa"] = inp["xa"] * 30  # tanh saturates
+    strided = {n: t.float().transpose(-1, -2).contiguous().transpose(-1, -2) for n, t in inp.items()}
+    assert not strided["xa"].is_contiguous()
+    exact = _forward_and_grads(operator, inp, 2, "reference", options)
+    ref_low = _forward_and_grads(operator, {n: t.float() for n, t in inp.items()}, 2, "reference", options)
+    got = _forward_and_grads(operator, strided, 2, backend, options)
+    for g, r, e in zip(got, ref_low, exact):
+        assert (g.double() - e).abs().max().item() <= low_precision_tolerance(r, e, factor=3.0)
+
+
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_gradient_of_one_output_only(operator, backend):
+    # The loss uses xv only: xa's output gradient arrives as None and must count as zero.
+    dtype = torch.float64 if backend in ("reference", "cpu") else torch.float32
+    _require(backend, operator, dtype)
+    inp = _inputs(operator, (2, 3, 4, 5, 2), 2, dtype=dtype, requires_grad=True)
+    _, xv = call_operator(operator, inp, 2, backend)
+    got = torch.autograd.grad(xv.sum(), list(inp.values()))
+    _, xv_ref = getattr(rja_kernels, f"{operator}_reference")(**inp, iterations=2)
+    expect = torch.autograd.grad(xv_ref.sum(), list(inp.values()))
+    for g, e in zip(got, expect):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_empty_batch(operator, backend):
+    _require(backend, operator)
+    inp = _inputs(operator, (0, 4, 6, 5, 3), 2, dtype=torch.float32, requires_grad=True)
+    xa, xv = call_operator(operator, inp, 2, backend)
+    assert xa.shape == (0, 4, 6) and xv.shape == (0, 4, 5)
+    (xa.sum() + xv.sum()).backward()
+    for name, t in inp.items():
+        assert t.grad is not None and t.grad.shape == t.shape, name
+        assert not t.grad.any(), name
+
+
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_opcheck(operator, backend):
+    dtype = torch.float64 if backend in ("reference", "cpu") else torch.float32
+    _require(backend, operator, dtype)
+    opcheck_backend(operator, backend, dtype=dtype)
+
+
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+def test_compile_fullgraph(operator, options, backend):
+    compile_matches_eager(operator, backend, **options)
+
+
+def test_fake_tensor_shapes(operator):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        inp = _inputs(operator, (3, 4, 6, 5, 2), 3, dtype=torch.float32)
+        xa, xv = call_operator(operator, inp, 3, "reference")
+    assert xa.shape == (3, 4, 6) and xv.shape == (3, 4, 5)
+
+
+class _Block(torch.nn.Module):
+    def __init__(self, operator, inp, options):
+        super().__init__()
+        self.operator, self.options = operator, options
+        self.weights = torch.nn.ParameterDict({n: torch.nn.Parameter(t) for n, t in inp.items() if n.startswith("w_")})
+
+    def forward(self, xa, xv):
+        return call_operator(self.operator, {"xa": xa, "xv": xv, **self.weights}, 2, "auto", **self.options)
+
+
+def test_torch_export_keeps_the_op_as_one_node(operator, options, tmp_path):
+    inp = _inputs(operator, (3, 4, 6, 5, 2), 2, dtype=torch.float32)
+    block = _Block(operator, inp, options)
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(block, (inp["xa"], inp["xv"]), dynamic_shapes=({0: batch}, {0: batch}))
+    targets = [n.target for n in program.graph.nodes if n.op == "call_function"]
+    assert targets.count(getattr(torch.ops.rja, operator).default) == 1
+    torch.export.save(program, tmp_path / "block.pt2")
+    reloaded = torch.export.load(tmp_path / "block.pt2").module()
+    other = _inputs(operator, (5, 4, 6, 5, 2), 2, dtype=torch.float32, seed=3)  # another batch size
+    for got, expect in zip(reloaded(other["xa"], other["xv"]), block(other["xa"], other["xv"])):
+        torch.testing.assert_close(got, expect)
+
+
+def test_unknown_backend(operator):
+    inp = _inputs(operator, (2, 4, 6, 5, 3), 2)
+    with pytest.raises(ValueError, match="backend must be 'auto' or one of"):
+        call_operator(operator, inp, 2, "fast")
+    with pytest.raises(TypeError, match="backend must be a str"):
+        call_operator(operator, inp, 2, None)
+
+
+def test_forced_backend_that_cannot_run_says_why(operator):
+    # float64 has no Triton path: the forced backend must refuse, never fall back silently.
+    inp = _inputs(operator, (2, 4, 6, 5, 3), 2)
+    with pytest.raises(rja_kernels.BackendUnavailableError, match="backend='triton' cannot run torch.float64"):
+        call_operator(operator, inp, 2, "triton")
+
+
+@pytest.mark.parametrize(("iterations", "error", "match"), [
+    (0, ValueError, "iterations must be >= 1"),
+    (-1, ValueError, "iterations must be >= 1"),
+    (2.0, TypeError, "iterations must be an int"),
+    (True, TypeError, "iterations must be an int"),
+])
+def test_bad_iterations(operator, iterations, error, match):
+    with pytest.raises(error, match=match):
+        call_operator(operator, _inputs(operator, (2, 4, 6, 5, 3), 2), iterations, "reference")
+
+
+@pytest.mark.parametrize(("name", "value", "error", "match"), [
+    ("xa", [[1.0]], TypeError, "xa must be a torch.Tensor"),
+    ("w_hv", None, TypeError, "w_hv must be a torch.Tensor"),
+    ("xv", torch.ones(2, 4, 5, dtype=torch.int64), TypeError, "xv must have a floating dtype"),
+    ("w_ha", torch.ones(2, 3, 11, dtype=torch.float32), TypeError, "w_ha has dtype torch.float32"),
+    ("xa", torch.ones(2, 4, 6, device="meta", dtype=torch.float64), ValueError, "xv is on cpu but xa is on meta"),
+    ("w_ja", torch.ones(2, 4, 4, device="meta", dtype=torch.float64), ValueError, "w_ja is on meta"),
+    ("xa", torch.ones(8, 6, dtype=torch.float64), ValueError, r"xa must be 3-D"),
+    ("w_ja", torch.ones(4, 4, dtype=torch.float64), ValueError, r"w_ja must be 3-D"),
+    ("xv", torch.ones(3, 4, 5, dtype=torch.float64), ValueError, r"xv must have shape \[B, L, dv\] with B=2, L=4"),
+    ("xv", torch.ones(2, 5, 5, dtype=torch.float64), ValueError, r"xv must have shape \[B, L, dv\]"),
+    ("xa", torch.ones(2, 4, 0, dtype=torch.float64), ValueError, "da must be >= 1"),
+])
+def test_bad_argument_shared_rules(operator, name, value, error, match):
+    inp = _inputs(operator, (2, 4, 6, 5, 3), 2)
+    inp[name] = value
+    with pytest.raises(error, match=match):
+        call_operator(operator, inp, 2, "reference")
+
+
+def bad_weight_shape(operator, name, shape, match, iterations=2, tw=None):
+    """A weight of the wrong shape raises a ValueError matching `match`."""
+    inp = make_inputs(operator, 2, 4, 6, 5, iterations, k=3, tw=tw, dtype=torch.float64)
+    if name is not None:
+        inp[name] = torch.ones(shape, dtype=torch.float64)
+    with pytest.raises(ValueError, match=match):
+        call_operator(operator, inp, iterations, "reference")
+
+
