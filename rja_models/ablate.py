@@ -26,7 +26,7 @@ import torch
 
 from rja_models import train
 from rja_models.checkpoint import model_from_checkpoint
-from rja_models.config import ABLATIONS, ModelConfig
+from rja_models.config import ABLATIONS, ATTENTION_FUSIONS, ModelConfig
 from rja_models.features import extract_features
 from rja_models.model import RJAModel
 from rja_models.training.data import SPLITS, build_dataset, eval_loader, prepare_data_root
@@ -90,7 +90,7 @@ def markdown_table(results: dict[str, dict[str, Any]], names: Sequence[str]) -> 
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for variant, r in results.items():
         c = r["config"]
-        iterations = str(c["iterations"]) if c["fusion"] == "rja" else "-"
+        iterations = str(c["iterations"]) if c["fusion"] in ATTENTION_FUSIONS else "-"
         switches = [c["fusion"], _mark(c["unimodal_blstm"]), _mark(c["joint_blstm"]), iterations]
         lines.append("| " + " | ".join([variant, *switches, *(f"{r['val'][k]:.4f}" for k in [*names, "mean"])]) + " |")
     return "\n".join(lines) + "\n"

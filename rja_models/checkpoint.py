@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +18,8 @@ from torch import nn
 from rja_models.config import ModelConfig
 from rja_models.model import RJAModel
 
-FORMAT_VERSION = 1
+# 2: fusion="rja" is the paper's form (rja 0.2). In version 1 it named the JCA form, now fusion="jca".
+FORMAT_VERSION = 2
 
 
 def save_checkpoint(path: str | Path, model: RJAModel, config: ModelConfig | None = None,
@@ -65,6 +67,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if ckpt.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(f"{path} has format version {ckpt['format_version']}, newer than this code "
                          f"({FORMAT_VERSION})")
+    if ckpt.get("format_version", 0) < 2 and ckpt["config"].get("fusion") == "rja":
+        ckpt["config"] = {**ckpt["config"], "fusion": "jca"}
+        print(f"note: {path} was written by rja 0.1, whose fusion 'rja' was the JCA form: loading it as "
+              "fusion='jca' (the paper's form is fusion='rja' now)", file=sys.stderr)
     return ckpt
 
 

@@ -10,7 +10,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-FUSIONS = ("rja", "concat", "audio", "visual")
+# rja: the paper's recursive joint attention (Eq. 1-6); jca: the JCA form of the authors' earlier papers;
+# released: the block of the authors' released code (plain PyTorch); then the Table 3 baselines.
+FUSIONS = ("rja", "jca", "released", "concat", "audio", "visual")
+ATTENTION_FUSIONS = ("rja", "jca", "released")
 POOLINGS = ("audio_guided", "avg")
 
 
@@ -52,9 +55,11 @@ class ModelConfig:
     n_fft: int = 512
     hop_length: int = 160  # 10 ms at 16 kHz
     image_size: int = 112  # input size for the data pipeline; the model itself takes any size
-    attention_hidden: int = 32  # k
+    attention_hidden: int = 32  # k, of fusion="jca" only
     iterations: int = 2  # T
     shared_weights: bool = False  # True: one weight set for every iteration (Tw = 1), else Tw = T
+    h_tanh: bool = False  # fusion="rja": relu(tanh(G)) as the authors' released code, else the paper's relu(G)
+    out_relu: bool = False  # fusion="rja": x + relu(U) as the authors' released code, else the paper's x + U
     unimodal_blstm: bool = True
     joint_blstm: bool = True
     lstm_hidden: int = 256  # J-BLSTM hidden size per direction; the U-BLSTMs keep da/dv (da//2 per direction)
@@ -73,6 +78,9 @@ class ModelConfig:
             object.__setattr__(self, "targets", TargetConfig(**self.targets))
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if self.fusion == "released" and self.shared_weights:
+            raise ValueError("fusion='released' has one weight set per iteration, as the authors' code; "
+                             "shared_weights needs fusion='rja' or 'jca'")
         if self.visual_pooling not in POOLINGS:
             raise ValueError(f"visual_pooling must be one of {POOLINGS}, got {self.visual_pooling!r}")
         if self.visual_pooling == "audio_guided" and not self.uses_audio and self.use_backbones:
@@ -95,6 +103,10 @@ class ModelConfig:
                                  "use_backbones=False")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def uses_attention(self) -> bool:
+        return self.fusion in ATTENTION_FUSIONS
 
     @property
     def uses_audio(self) -> bool:

@@ -5,7 +5,7 @@ Data flow for a batch of B sub-sequences of L clips of F frames:
 
     audio [B, L, S] --log-mel--> ResNet-18 --> xa [B, L, da] ----------------+
     frames [B, L, 3, F, H, W] --> R3D-18 --> audio-guided pooling --> xv [B, L, dv]
-    xa, xv --U-BLSTM (per modality)--> fusion (rja | concat | one modality) --> J-BLSTM
+    xa, xv --U-BLSTM (per modality)--> fusion (rja | jca | released | concat | one modality) --> J-BLSTM
            --> head --> tanh scaled to [low, high] --> clip [B, L, n], frame [B, L*F, n]
 """
 
@@ -16,9 +16,22 @@ from torch import Tensor, nn
 
 from rja_models.backbones import AudioEncoder, VisualEncoder, load_backbone_weights
 from rja_models.config import ModelConfig
-from rja_models.fusion import RecursiveJointAttention
+from rja_models.fusion import JointCrossAttention, RecursiveJointAttention, ReleasedJointAttention
 
 __all__ = ["ModelConfig", "RJAModel", "RecursiveJointAttention", "load_backbone_weights"]
+
+
+def _build_fusion(c: ModelConfig) -> nn.Module | None:
+    """The attention block of `c.fusion`, or None for concatenation and the single modalities."""
+    if c.fusion == "rja":
+        return RecursiveJointAttention(c.clips, c.da, c.dv, c.iterations, c.shared_weights, c.h_tanh, c.out_relu,
+                                       c.backend)
+    if c.fusion == "jca":
+        return JointCrossAttention(c.clips, c.da, c.dv, c.attention_hidden, c.iterations, c.shared_weights,
+                                   c.backend)
+    if c.fusion == "released":
+        return ReleasedJointAttention(c.clips, c.da, c.dv, c.iterations, c.dropout)
+    return None
 
 
 class _BLSTM(nn.Module):
@@ -55,8 +68,7 @@ class RJAModel(nn.Module):
                     load_backbone_weights(self.visual_encoder.net, c.visual_backbone_weights)
         self.unimodal_blstm = nn.ModuleDict(
             {name: _BLSTM(dim, dim // 2) for name, dim in self.dims.items()} if c.unimodal_blstm else {})
-        self.fusion = RecursiveJointAttention(c.clips, c.da, c.dv, c.attention_hidden, c.iterations,
-                                              c.shared_weights, c.backend) if c.fusion == "rja" else None
+        self.fusion = _build_fusion(c)
         joint_dim = sum(self.dims.values())
         self.joint_blstm = _BLSTM(joint_dim, c.lstm_hidden) if c.joint_blstm else None
         head_in = 2 * c.lstm_hidden if c.joint_blstm else joint_dim
@@ -130,6 +142,6 @@ class RJAModel(nn.Module):
             raise ValueError(f"xa and xv must agree on [B, L], got {[list(x.shape) for x in out.values()]}")
         seq = next(iter(out.values())).shape[1]
         if self.fusion is not None and seq != self.config.clips:
-            raise ValueError(f"the recursive joint attention was built for L = clips = {self.config.clips} "
+            raise ValueError(f"the {self.config.fusion} fusion was built for L = clips = {self.config.clips} "
                              f"clips, got L = {seq}")
         return out

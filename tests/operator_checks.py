@@ -118,9 +118,12 @@ BACKEND_CASES = [
 ]
 
 
+def _case_id(value) -> str:
+    return "x".join(map(str, value)) if isinstance(value, tuple) else str(value).replace("torch.", "")
+
+
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
-@pytest.mark.parametrize(("shape", "iterations", "shared", "dtype"), BACKEND_CASES,
-                         ids=lambda v: str(v).replace("torch.", "") if not isinstance(v, tuple) else "x".join(map(str, v)))
+@pytest.mark.parametrize(("shape", "iterations", "shared", "dtype"), BACKEND_CASES, ids=_case_id)
 def test_backend_matches_reference(operator, options, backend, shape, iterations, shared, dtype):
     """Outputs and all gradients within the rule: the error the reference itself makes in this dtype."""
     _require(backend, operator, dtype)
