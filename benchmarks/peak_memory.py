@@ -1,6 +1,7 @@
-"""Extra peak memory of one forward+backward of the operator, in a fresh process.
+"""Extra peak memory of one forward+backward of an operator, in a fresh process.
 
-    python benchmarks/peak_memory.py --size paper --impl cpu    # prints {"extra_mib": ...}
+    python benchmarks/peak_memory.py --operator recursive_joint_attention --size paper --impl cpu
+    # prints {"extra_mib": ...}
 
 The process builds the inputs and runs one warm-up step (extension load, torch.compile, thread
 pools), then resets the kernel's peak-RSS counter (/proc/self/clear_refs, "5") and reports the
@@ -22,10 +23,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import SIZES
+from conftest import OPERATORS, SIZES, inputs_kwargs
 
-import rja_kernels
-from rja_kernels.testing import make_inputs
+from rja_kernels.testing import OPERATORS as SPECS
+from rja_kernels.testing import call_operator, make_inputs
 
 IMPLS = ("eager", "compile", "cpu")
 
@@ -34,17 +35,17 @@ def _kib(field: str) -> int:
     return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
 
 
-def step_fn(impl: str, iterations: int):
+def step_fn(operator: str, impl: str, iterations: int):
     """One forward+backward of `impl` on a dict of inputs that require grad."""
     if impl == "cpu":
         def fwd(inp):
-            return rja_kernels.recursive_joint_attention(**inp, iterations=iterations, backend="cpu")
+            return call_operator(operator, inp, iterations, "cpu")
     else:
-        ref = rja_kernels.recursive_joint_attention_reference
+        ref = SPECS[operator].reference
         ref = torch.compile(ref) if impl == "compile" else ref
 
         def fwd(inp):
-            return ref(**inp, iterations=iterations)
+            return ref(*inp.values(), iterations)
 
     def step(inp):
         xa, xv = fwd(inp)
@@ -53,11 +54,11 @@ def step_fn(impl: str, iterations: int):
     return step
 
 
-def measure(size: str, impl: str) -> float:
+def measure(operator: str, size: str, impl: str) -> float:
     """Peak extra resident memory (MiB) of one forward+backward step."""
-    b, seq, da, dv, k, iterations = SIZES[size]
-    inp = make_inputs(b, seq, da, dv, k, iterations, requires_grad=True)
-    step = step_fn(impl, iterations)
+    args, kwargs = inputs_kwargs(operator, SIZES[size])
+    inp = make_inputs(operator, *args, **kwargs, requires_grad=True)
+    step = step_fn(operator, impl, args[-1])
     step(inp)
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")
@@ -70,10 +71,11 @@ def measure(size: str, impl: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--operator", choices=OPERATORS, default="recursive_joint_attention")
     parser.add_argument("--size", choices=list(SIZES), required=True)
     parser.add_argument("--impl", choices=IMPLS, required=True)
     args = parser.parse_args()
-    print(json.dumps({"extra_mib": measure(args.size, args.impl)}))
+    print(json.dumps({"extra_mib": measure(args.operator, args.size, args.impl)}))
 
 
 if __name__ == "__main__":

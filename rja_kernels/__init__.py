@@ -7,7 +7,7 @@ ops and every backend built in this installation.
 """
 
 # Each backend module registers its backends on import (an unbuilt one reports why it cannot run).
-from rja_kernels import cpu, cuda, reference, triton_rja  # noqa: F401
+from rja_kernels import cpu, cuda, reference, triton_backend  # noqa: F401
 from rja_kernels.backends import BackendUnavailableError, available_backends
 from rja_kernels.jca_op import joint_cross_attention
 from rja_kernels.paper_op import recursive_joint_attention

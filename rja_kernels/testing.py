@@ -55,37 +55,6 @@ def low_precision_tolerance(ref_low: Tensor, ref_exact: Tensor, factor: float = 
     return factor * own_error + 2 * rounding + floor
 
 
-# The CUDA kernels executed on CPU by the host CUDA emulator (csrc/emu, extension
-# rja_kernels._C_cuda_emu). Small blocks and tiles by default: every GPU thread is a fiber here,
-# and tiles smaller than the sizes make every loop take its ragged last tile.
-EMULATED_CONFIG = {"threads": 64, "rows": 16, "cols": 24}
-
-
-def cuda_emulator():
-    """The extension module of the emulated CUDA kernels (ImportError when it is not built)."""
-    from rja_kernels import _C_cuda_emu
-
-    return _C_cuda_emu
-
-
-def emulated_cuda_forward(xa: Tensor, xv: Tensor, weights: tuple[Tensor, ...], iterations: int, **config: int
-                          ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The CUDA backend's forward on CPU tensors: (xa_out, xv_out, xa_iters, xv_iters)."""
-    cfg = {**EMULATED_CONFIG, **config}
-    return tuple(cuda_emulator().forward(
-        xa.contiguous(), xv.contiguous(), [w.contiguous() for w in weights], iterations,
-        cfg["threads"], cfg["rows"], cfg["cols"]))
-
-
-def emulated_cuda_backward(grad_xa: Tensor, grad_xv: Tensor, xa_iters: Tensor, xv_iters: Tensor,
-                           weights: tuple[Tensor, ...], **config: int) -> tuple[Tensor, ...]:
-    """The CUDA backend's backward on CPU tensors: grads of (xa, xv, *weights)."""
-    cfg = {**EMULATED_CONFIG, **config}
-    return tuple(cuda_emulator().backward(
-        grad_xa.contiguous(), grad_xv.contiguous(), xa_iters.contiguous(), xv_iters.contiguous(),
-        [w.contiguous() for w in weights], cfg["threads"], cfg["rows"], cfg["cols"]))
-
-
 class Fusion(torch.nn.Module):
     """A small module around an operator, for torch.compile tests."""
 

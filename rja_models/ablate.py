@@ -25,14 +25,25 @@ from typing import Any
 import torch
 
 from rja_models import train
-from rja_models.checkpoint import model_from_checkpoint
+from rja_models.checkpoint import load_checkpoint, model_from_checkpoint
+from rja_models.cli import UsageError, run_command
 from rja_models.config import ABLATIONS, ATTENTION_FUSIONS, ModelConfig
 from rja_models.features import extract_features
 from rja_models.model import RJAModel
 from rja_models.training.data import SPLITS, build_dataset, eval_loader, prepare_data_root
 from rja_models.training.distributed import DistContext, resolve_device
 from rja_models.training.logs import progress_enabled, say
-from rja_models.training.options import model_config, options_dict, parse_args
+from rja_models.training.options import (
+    check_backend,
+    input_file,
+    model_config,
+    options_dict,
+    output_dir,
+    output_file,
+    parse_args,
+)
+
+PROG = "python -m rja_models.ablate"
 
 TABLE1 = ("no_ublstm_t1", "no_jblstm_t1", "blstms_t1", "no_blstms_t2", "blstms_t2", "blstms_t3", "blstms_t4")
 BASELINES = ("audio_only", "visual_only", "concat")
@@ -43,14 +54,14 @@ _DEFAULTS = {"epochs": 8, "out": Path("runs/ablation"), "train_stride": 8, "lr":
 
 def build_parser() -> argparse.ArgumentParser:
     parser = train.build_parser()
-    parser.prog, parser.description = "python -m rja_models.ablate", __doc__
+    parser.prog, parser.description = PROG, __doc__
     g = parser.add_argument_group("ablation")
     g.add_argument("--variants", default=",".join((*TABLE1, *BASELINES)),
                    help=f"comma-separated variants of {sorted(ABLATIONS)} (default: %(default)s)")
-    g.add_argument("--backbone-checkpoint", type=Path, default=None,
+    g.add_argument("--backbone-checkpoint", type=input_file, default=None,
                    help="extract features with this checkpoint's backbones (default: random initialisation)")
-    g.add_argument("--features-dir", type=Path, default=None, help="feature cache (default: <out>/features)")
-    g.add_argument("--table", type=Path, default=None, help="markdown table path (default: <out>/ablation.md)")
+    g.add_argument("--features-dir", type=output_dir, default=None, help="feature cache (default: <out>/features)")
+    g.add_argument("--table", type=output_file, default=None, help="markdown table path (default: <out>/ablation.md)")
     parser.set_defaults(**_DEFAULTS)
     return parser
 
@@ -61,7 +72,8 @@ def prepare_features(args: argparse.Namespace, ctx: DistContext) -> Path:
     if args.backbone_checkpoint is not None:
         model, config, _ = model_from_checkpoint(args.backbone_checkpoint, map_location=ctx.device)
         if not config.use_backbones:
-            raise SystemExit("error: --backbone-checkpoint has no backbones (it was trained on features)")
+            raise UsageError(f"--backbone-checkpoint {args.backbone_checkpoint} has no backbones (it was trained "
+                             "on features)")
     else:
         # Both backbones, whatever the variants: every variant reads the same features.
         config = model_config(args, train.PRESET).replace(use_backbones=True, fusion="rja",
@@ -104,11 +116,12 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = set(variants) - set(ABLATIONS)
     if unknown:
-        raise SystemExit(f"error: unknown variants {sorted(unknown)}; expected some of {sorted(ABLATIONS)}")
+        raise UsageError(f"--variants: unknown variants {sorted(unknown)}; expected some of {sorted(ABLATIONS)}")
     if args.print_config:
         print(json.dumps(options_dict(args), indent=2))
         return {}
     ctx = DistContext(device=resolve_device(args.device))
+    check_backend(model_config(args, train.PRESET), ctx.device)
     features = prepare_features(args, ctx)
     results: dict[str, dict[str, Any]] = {}
     for variant in variants:
@@ -117,7 +130,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         vargs.data, vargs.data_root, vargs.ablation = "features", features, variant
         vargs.out, vargs.overwrite, vargs.resume, vargs.videos = args.out / variant, True, False, None
         summary = train.run(vargs)
-        config = ModelConfig.from_dict(torch.load(vargs.out / "best.pt", weights_only=True)["config"])
+        config = ModelConfig.from_dict(load_checkpoint(vargs.out / "best.pt")["config"])
         results[variant] = {"val": summary["val"], "best_epoch": summary["best_epoch"], "config": config.to_dict()}
     names = next(iter(results.values()))["config"]["targets"]["names"]
     table = markdown_table(results, names)
@@ -131,7 +144,8 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
-    return run(parse_args(build_parser(), argv))
+    """The command: `run` on `argv`; a bad input is one line on stderr and exit code 2."""
+    return run_command(PROG, lambda: run(parse_args(build_parser(), argv)))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,17 @@ from typing import Any
 # released: the block of the authors' released code (plain PyTorch); then the Table 3 baselines.
 FUSIONS = ("rja", "jca", "released", "concat", "audio", "visual")
 ATTENTION_FUSIONS = ("rja", "jca", "released")
-POOLINGS = ("audio_guided", "avg")
+POOLINGS = ("audio_guided", "avg", "released")  # released: the authors' audguide_att.py
+# Choices of the options below that reproduce the authors' released experiment (docs/PAPER_SETUP.md).
+VISUAL_BACKBONES = ("r3d_18", "r2plus1d_18")
+SPEC_NORMS = ("clip", "fixed")
+AUDIO_ANCHORS = ("start", "end")
+WINDOW_LAYOUTS = ("strided", "tiled")
+LABEL_FRAMES = ("all", "last")
+OUTPUT_ACTIVATIONS = ("tanh", "none")
+FIELD_CHOICES = {"fusion": FUSIONS, "visual_pooling": POOLINGS, "visual_backbone": VISUAL_BACKBONES,
+                 "spec_norm": SPEC_NORMS, "audio_anchor": AUDIO_ANCHORS, "window_layout": WINDOW_LAYOUTS,
+                 "label_frame": LABEL_FRAMES, "output_activation": OUTPUT_ACTIVATIONS}
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,45 @@ class ModelConfig:
     audio_backbone_weights: str | None = None
     visual_backbone_weights: str | None = None
     dropout: float = 0.2
+    # --- Windowing and audio front end (data pipeline; stored so evaluate/predict cut clips alike) ---
+    frame_dilation: int = 1  # a clip samples every d-th frame: it spans clip_frames * d frames (authors: 8 of 32)
+    window_layout: str = "strided"  # strided: every --train-stride frames; tiled: the authors' (each frame ends a clip)
+    label_frame: str = "all"  # all: a clip's prediction is every frame's of its span; last: its last frame's only
+    audio_seconds: float = 0.0  # audio per clip, seconds; 0: one clip span at the training data's usual frame rate
+    audio_anchor: str = "start"  # start: the audio starts at the clip's first frame; end: ends at its last (authors)
+    win_length: int = 0  # STFT window, samples; 0: n_fft
+    spec_norm: str = "clip"  # clip: standardise each clip's log-mel; fixed: (dB - spec_mean) / spec_std (authors)
+    spec_mean: float = -14.8  # the authors' dB statistics, for spec_norm="fixed"
+    spec_std: float = 19.895
+    color_jitter: float = 0.0  # training only: brightness and contrast factors in [1 - x, 1 + x] per clip
+    # --- Backbones ---
+    visual_backbone: str = "r3d_18"  # r2plus1d_18: the authors' code (torchvision's R(2+1)D-18, TSAV weights)
+    freeze_backbones: bool = False  # the paper's "pre-trained networks": fixed weights, BatchNorm in eval mode
+    audio_backbone_prefix: str = ""  # keys of the weights file to take, e.g. "audio_model.resnet." (TSAV)
+    visual_backbone_prefix: str = ""  # e.g. "video_model.r2plus1d." (TSAV)
+    # --- BLSTMs (the authors' `models/layer.py` LSTM: 2 layers, residual, learned h0/c0, L2-normalised) ---
+    feature_l2norm: bool = False  # L2-normalise each clip's backbone features before the U-BLSTMs
+    blstm_layers: int = 1
+    blstm_residual: bool = False  # project [input, BLSTM output] back to the output size (a Linear)
+    blstm_learned_init: bool = False  # learned initial hidden and cell states
+    blstm_l2norm: bool = False  # L2-normalise every BLSTM output
+    ublstm_dropout: float = 0.0  # between layers and before the residual projection (authors: 0.1)
+    jblstm_dropout: float = 0.0  # the same for the J-BLSTM (authors: 0)
+    # --- Heads ---
+    separate_heads: bool = False  # one head per target (the authors' valence and arousal regressors)
+    head_input_dropout: bool = True  # dropout before the head's first Linear too (the authors' have it after only)
+    output_activation: str = "tanh"  # tanh: squashed to [low, high]; none: linear, clipped when scoring (authors)
+    xavier_init: bool = False  # Xavier-uniform weights, zero biases for every Linear after the backbones (authors)
+
+    @property
+    def clip_span(self) -> int:
+        """Frames one clip covers: clip_frames * frame_dilation."""
+        return self.clip_frames * self.frame_dilation
+
+    @property
+    def rows_per_clip(self) -> int:
+        """Frame-level prediction rows per clip: the clip span (label_frame="all") or 1 ("last")."""
+        return self.clip_span if self.label_frame == "all" else 1
 
     def __post_init__(self) -> None:
         if isinstance(self.targets, dict):
@@ -83,8 +132,9 @@ class ModelConfig:
                              "shared_weights needs fusion='rja' or 'jca'")
         if self.visual_pooling not in POOLINGS:
             raise ValueError(f"visual_pooling must be one of {POOLINGS}, got {self.visual_pooling!r}")
-        if self.visual_pooling == "audio_guided" and not self.uses_audio and self.use_backbones:
-            raise ValueError("visual_pooling='audio_guided' needs the audio branch; use 'avg' with fusion='visual'")
+        if self.visual_pooling != "avg" and not self.uses_audio and self.use_backbones:
+            raise ValueError(f"visual_pooling={self.visual_pooling!r} needs the audio branch; use 'avg' with "
+                             "fusion='visual'")
         for name in ("clips", "clip_frames", "sample_rate", "n_mels", "n_fft", "hop_length", "image_size",
                      "attention_hidden", "iterations", "lstm_hidden", "head_hidden", "pooling_hidden"):
             if getattr(self, name) < 1:
@@ -103,6 +153,24 @@ class ModelConfig:
                                  "use_backbones=False")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name, choices in FIELD_CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        for name in ("frame_dilation", "blstm_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("audio_seconds", "win_length", "color_jitter"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.win_length > self.n_fft:
+            raise ValueError(f"win_length ({self.win_length}) must be <= n_fft ({self.n_fft})")
+        if not self.spec_std > 0:
+            raise ValueError(f"spec_std must be > 0, got {self.spec_std}")
+        if self.color_jitter >= 1:
+            raise ValueError(f"color_jitter must be < 1 (a factor range [1 - x, 1 + x]), got {self.color_jitter}")
+        for name in ("ublstm_dropout", "jblstm_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
 
     @property
     def uses_attention(self) -> bool:

@@ -5,7 +5,10 @@
         --json ccc.json --csv ccc.csv
 
 The data options default to those the checkpoint was trained with; a config file and the command
-line override them. Validation windows never overlap, so every frame counts once.
+line override them. Validation windows never overlap, so every frame counts once. Each split gets
+two CCCs: the raw per-frame one, and the "postprocessed" one the authors report (predictions clipped
+to the target range, then smoothed per video: a moving average of 20 frames for valence, 50 for
+arousal; `rja_models.metrics.postprocess`).
 """
 
 from __future__ import annotations
@@ -18,22 +21,31 @@ from pathlib import Path
 from typing import Any
 
 from rja_models.checkpoint import load_checkpoint, model_from_checkpoint
+from rja_models.cli import UsageError, command_parser, run_command
+from rja_models.metrics import AUTHORS_SMOOTHING
 from rja_models.training.data import SPLITS, build_dataset, eval_loader, prepare_data_root
 from rja_models.training.distributed import init_distributed, shutdown_distributed
 from rja_models.training.evaluation import ccc_report, format_table, gather_series, predict_windows
 from rja_models.training.logs import progress_enabled, say
-from rja_models.training.options import add_data_options, add_runtime_options, parse_args
+from rja_models.training.options import (
+    add_data_options,
+    add_runtime_options,
+    check_backend,
+    input_file,
+    output_file,
+    parse_args,
+)
 
+PROG = "python -m rja_models.evaluate"
 _DATA_OPTIONS = ("data", "data_root", "videos", "synthetic_videos", "synthetic_seconds", "synthetic_seed")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m rja_models.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint of rja_models.train")
+    parser = command_parser(PROG, __doc__, usage="%(prog)s --checkpoint CKPT [options]")
+    parser.add_argument("--checkpoint", type=input_file, required=True, help="a checkpoint of rja_models.train")
     parser.add_argument("--split", default="train,val", help="comma-separated splits (default: %(default)s)")
-    parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
-    parser.add_argument("--csv", type=Path, default=None, help="write split,video,<targets>,mean rows here")
+    parser.add_argument("--json", type=output_file, default=None, help="write the results as JSON here")
+    parser.add_argument("--csv", type=output_file, default=None, help="write split,video,<targets>,mean rows here")
     add_runtime_options(parser)
     add_data_options(parser)
     return parser
@@ -43,7 +55,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Options over the data options stored in the checkpoint."""
     parser = build_parser()
     pre, _ = parser.parse_known_args(argv)
-    if pre.checkpoint is not None and pre.checkpoint.exists():
+    if pre.checkpoint is not None:
         saved = load_checkpoint(pre.checkpoint).get("extra", {}).get("options", {})
         parser.set_defaults(**{k: (Path(v) if k == "data_root" and v else v) for k, v in saved.items()
                                if k in _DATA_OPTIONS})
@@ -55,14 +67,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     splits = [s.strip() for s in args.split.split(",") if s.strip()]
     unknown = set(splits) - set(SPLITS)
     if unknown:
-        raise SystemExit(f"error: unknown split(s) {sorted(unknown)}; expected {', '.join(SPLITS)}")
+        raise UsageError(f"--split {args.split}: unknown split(s) {sorted(unknown)}; expected {', '.join(SPLITS)}")
     ctx = init_distributed(args.device)
     try:
         model, config, ckpt = model_from_checkpoint(args.checkpoint, map_location=ctx.device)
+        check_backend(config, ctx.device, source=f"--checkpoint {args.checkpoint}: its backend")
         if args.data == "features" and config.use_backbones:
-            raise SystemExit("error: this checkpoint has backbones and reads raw clips, not --data features")
+            raise UsageError(f"--data features: --checkpoint {args.checkpoint} has backbones and reads raw clips")
         if args.data != "features" and not config.use_backbones:
-            raise SystemExit("error: this checkpoint was trained on features: evaluate it with --data features")
+            raise UsageError(f"--checkpoint {args.checkpoint} was trained on features: evaluate it with "
+                             "--data features")
         progress = progress_enabled(args.quiet, ctx.is_main)
         root = prepare_data_root(args, config, ctx, progress)
         audio_samples = ckpt.get("extra", {}).get("data", {}).get("audio_samples")
@@ -71,7 +85,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             dataset = build_dataset(args, root, split, config, audio_samples=audio_samples, progress=progress)
             records = predict_windows(model, eval_loader(dataset, args.batch_size, ctx, args.num_workers),
                                       ctx.device, progress=progress, desc=split)
-            results[split] = ccc_report(gather_series(ctx, records), config.targets.names)
+            targets = config.targets
+            results[split] = ccc_report(gather_series(ctx, records), targets.names, clip=(targets.low, targets.high))
         if ctx.is_main:
             report(results, config.targets.names, args)
         return results
@@ -82,7 +97,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def report(results: dict[str, Any], names: Sequence[str], args: argparse.Namespace) -> None:
     for split, r in results.items():
         rows = {**r["videos"], f"ALL ({split}, {r['frames']} frames)": r["overall"]}
-        say(f"\n{split}\n" + format_table(rows, names), args.quiet)
+        say(f"\n{split}: raw per-frame CCC\n" + format_table(rows, names), args.quiet)
+        post = r["postprocessed"]
+        rows = {**post["videos"], f"ALL ({split}, {r['frames']} frames)": post["overall"]}
+        say(f"\n{split}: postprocessed CCC (the authors': clipped to the target range, smoothed per video over "
+            f"{', '.join(f'{k} {v}' for k, v in AUTHORS_SMOOTHING.items())} frames)\n" + format_table(rows, names),
+            args.quiet)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))
@@ -90,14 +110,16 @@ def report(results: dict[str, Any], names: Sequence[str], args: argparse.Namespa
         args.csv.parent.mkdir(parents=True, exist_ok=True)
         with args.csv.open("w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["split", "video", *names, "mean"])
+            writer.writerow(["split", "video", *names, "mean", "scoring"])
             for split, r in results.items():
-                for video, values in [*r["videos"].items(), ("ALL", r["overall"])]:
-                    writer.writerow([split, video, *(f"{values[k]:.6f}" for k in [*names, "mean"])])
+                for scoring, part in (("raw", r), ("postprocessed", r["postprocessed"])):
+                    for video, values in [*part["videos"].items(), ("ALL", part["overall"])]:
+                        writer.writerow([split, video, *(f"{values[k]:.6f}" for k in [*names, "mean"]), scoring])
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    return run(parse(argv))
+    """The command: `run` on `argv`; a bad input is one line on stderr and exit code 2."""
+    return run_command(PROG, lambda: run(parse(argv)))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,9 @@ def extract_features(model: RJAModel, loader: Iterable[dict[str, Any]], out_dir:
     The model runs in eval mode (restored afterwards) without gradients.
     """
     config = model.config
+    if (config.window_layout, config.frame_dilation, config.label_frame) != ("strided", 1, "all"):
+        # The feature format has one label row per frame of back-to-back clips of consecutive frames.
+        raise ValueError("feature extraction needs window_layout='strided', frame_dilation=1, label_frame='all'")
     out_dir = Path(out_dir)
     device = next(model.parameters()).device
     written: list[Path] = []

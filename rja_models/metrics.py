@@ -1,5 +1,6 @@
 """Concordance correlation coefficient (CCC) as the ABAW challenges define it, the 1 - CCC training
-loss, and a streaming accumulator that evaluates over all valid frames of a split.
+loss, a streaming accumulator that evaluates over all valid frames of a split, and the authors'
+post-processing (clip, then smooth per video) that their reported CCCs are computed after.
 
     CCC = 2 cov(p, t) / (var(p) + var(t) + (mean(p) - mean(t))^2)
 
@@ -10,12 +11,17 @@ Tensors are `[..., n_targets]` (leading dims are frames) or 1-D for a single ser
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 INVALID_LABEL = -5.0
+# The authors' post-processing before the CCC (their val.py/test.py): predictions clipped to [-1, 1],
+# then a per-video moving average of 20 frames for valence and 50 for arousal
+# (`scipy.ndimage.uniform_filter1d(..., mode="constant")`: zeros beyond the ends).
+AUTHORS_SMOOTHING: dict[str, int] = {"valence": 20, "arousal": 50}
 
 
 def valid_mask(labels: Tensor) -> Tensor:
@@ -64,14 +70,44 @@ def ccc(pred: Tensor, target: Tensor, mask: Tensor | None = None, eps: float = 0
     return value[0] if one_series else value
 
 
-def ccc_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None, eps: float = 1e-8) -> Tensor:
-    """Training loss: mean over targets of `1 - CCC`. Targets without valid frames in the batch are
-    left out of the mean; if none has any, the loss is a zero that still has a graph."""
+def ccc_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None, eps: float = 1e-8,
+             reduction: str = "mean") -> Tensor:
+    """Training loss: `1 - CCC` per target, their mean (`reduction="mean"`) or sum (`"sum"`: the
+    authors' `v_loss + a_loss`). Targets without valid frames in the batch are left out; if none has
+    any, the loss is a zero that still has a graph."""
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     per_target = 1 - ccc(pred, target, mask, eps=eps).reshape(-1)
     finite = ~torch.isnan(per_target)
     if not finite.any():
         return pred.sum() * 0
-    return per_target[finite].mean()
+    return per_target[finite].mean() if reduction == "mean" else per_target[finite].sum()
+
+
+def moving_average(x: np.ndarray, size: int) -> np.ndarray:
+    """Centred moving average of ``size`` along axis 0 with zeros beyond both ends, exactly
+    `scipy.ndimage.uniform_filter1d(x, size, axis=0, mode="constant")`: ``out[i]`` is the mean of
+    ``x[i - size // 2 : i - size // 2 + size]``. float64."""
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    x = np.asarray(x, dtype=np.float64)
+    if size == 1 or len(x) == 0:
+        return x.copy()
+    before, after = size // 2, size - 1 - size // 2
+    padded = np.concatenate([np.zeros((before, *x.shape[1:])), x, np.zeros((after, *x.shape[1:]))])
+    sums = np.concatenate([np.zeros((1, *x.shape[1:])), np.cumsum(padded, axis=0)])
+    return (sums[size:] - sums[:-size]) / size
+
+
+def postprocess(pred: np.ndarray, names: Sequence[str], low: float = -1.0, high: float = 1.0,
+                windows: Mapping[str, int] = AUTHORS_SMOOTHING) -> np.ndarray:
+    """One video's frame predictions ``[N, T]`` as the authors score them: clipped to ``[low, high]``,
+    then `moving_average` per target over ``windows[name]`` frames (targets not in ``windows``: clipped
+    only)."""
+    clipped = np.clip(np.asarray(pred, dtype=np.float64), low, high)
+    if clipped.ndim == 1:
+        clipped = clipped[:, None]
+    return np.stack([moving_average(clipped[:, j], windows.get(name, 1)) for j, name in enumerate(names)], axis=1)
 
 
 class _Moments:

@@ -5,17 +5,21 @@
     torchrun --nproc_per_node=2 -m rja_models.train ...   # DDP: gloo on CPU, nccl on GPU
 
 Options come from the parser defaults, then `--config FILE` (YAML/JSON), then the command line.
-Writes to `--out`: last.pt (every epoch), best.pt (best validation mean CCC), metrics.jsonl,
-TensorBoard events, learning_curves.png, val_predictions.png and summary.json.
+Writes to `--out`: last.pt (every epoch: weights, optimizer, schedule and RNG state, for --resume),
+best.pt (best validation mean CCC: weights and model config only, for evaluate/predict),
+metrics.jsonl, TensorBoard events (when tensorboard is installed), learning_curves.png,
+val_predictions.png and summary.json. A bad option or file is one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from rja_models.cli import UsageError, command_parser, run_command
 from rja_models.data import FeatureDataset
 from rja_models.training.data import build_dataset, feature_config, prepare_data_root
 from rja_models.training.distributed import init_distributed, shutdown_distributed
@@ -26,6 +30,7 @@ from rja_models.training.options import (
     add_model_options,
     add_runtime_options,
     add_train_options,
+    check_backend,
     model_config,
     options_dict,
     parse_args,
@@ -35,11 +40,11 @@ from rja_models.training.options import (
 # joint attention with T = 2, J-BLSTM) at sizes a 2-core CPU trains end to end in minutes:
 # 32x32 crops, clips of 4 frames, 8 clips per sub-sequence.
 PRESET: dict[str, Any] = {"image_size": 32, "clip_frames": 4, "clips": 8}
+PROG = "python -m rja_models.train"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m rja_models.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser(PROG, __doc__)
     add_runtime_options(parser)
     add_data_options(parser)
     add_train_options(parser)
@@ -53,18 +58,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.print_config:
         print(json.dumps({"options": options_dict(args), "model": config.to_dict()}, indent=2))
         return {}
+    if config.freeze_backbones and config.use_backbones and not (
+            config.audio_backbone_weights or config.visual_backbone_weights):
+        warnings.warn("--freeze-backbones without --audio/visual-backbone-weights: the frozen backbones keep "
+                      "their random initialisation", stacklevel=2)
     ctx = init_distributed(args.device)
     try:
+        check_backend(config, ctx.device)
         progress = progress_enabled(args.quiet, ctx.is_main)
         root = prepare_data_root(args, config, ctx, progress)
         if args.data == "features":
             config = feature_config(root, config)
-        datasets = {"train": build_dataset(args, root, "train", config, stride=args.train_stride, progress=progress),
-                    "val": build_dataset(args, root, "val", config, progress=progress)}
+        train_set = build_dataset(args, root, "train", config, stride=args.train_stride, progress=progress,
+                                  training=True)
+        if not config.audio_seconds and getattr(train_set, "audio_window", None) is not None:
+            # The audio per clip in seconds from here on, so evaluate/predict cut the same span at any frame rate.
+            config = config.replace(audio_seconds=train_set.audio_window.seconds)
+        datasets = {"train": train_set, "val": build_dataset(args, root, "val", config, progress=progress)}
         for split, ds in datasets.items():
             names = tuple(getattr(ds, "target_names", config.targets.names))
             if isinstance(ds, FeatureDataset) and names != config.targets.names:
-                raise SystemExit(f"error: the {split} features hold targets {names}, the model {config.targets.names}")
+                raise UsageError(f"the {split} features under --data-root {root} hold targets {names}, the model "
+                                 f"{config.targets.names} (set --target-names)")
         # What evaluate/predict need to cut clips like training did.
         extra = {"data": {"audio_samples": getattr(datasets["train"], "audio_samples", None), "source": args.data}}
         return Trainer(args, config, datasets, ctx, extra).fit()
@@ -73,7 +88,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    return run(parse_args(build_parser(), argv))
+    """The command: `run` on `argv`; a bad input is one line on stderr and exit code 2."""
+    return run_command(PROG, lambda: run(parse_args(build_parser(), argv)))
 
 
 if __name__ == "__main__":

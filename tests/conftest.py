@@ -9,6 +9,7 @@ import torch
 # before any test module is imported.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    os.environ.setdefault("RJA_CUDA_EMULATE", "1")  # the "cuda" backend runs CPU tensors in the CUDA emulator
 
 
 @pytest.fixture(autouse=True)

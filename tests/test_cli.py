@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from rja_models import ablate, evaluate, predict, train
 from rja_models.data import probe_video, write_av_file
@@ -33,6 +34,8 @@ def test_help_of_every_command():
     done = subprocess.run([sys.executable, "-P", "-m", "rja_models.train", "--help"], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0 and "--resume" in done.stdout and "--ablation" in done.stdout
+    help_text = " ".join(done.stdout.split())
+    assert "clips * clip_frames, one sub-sequence: windows do not overlap" in help_text  # --train-stride's true default
     for module in (evaluate, predict, ablate):
         with pytest.raises(SystemExit) as exit_info:
             module.main(["--help"])
@@ -45,6 +48,11 @@ def test_train_writes_its_outputs(trained):
         assert (out / name).is_file(), name
     entry = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert set(entry["val"]) == {"valence", "arousal", "mean"} and entry["epoch"] == 1
+    # best.pt is for inference: the weights (both backbones: ~200 MB whatever the crop size), not the
+    # optimizer's two moments per weight that only last.pt needs for --resume.
+    best, last = (torch.load(out / name, weights_only=True, mmap=True) for name in ("best.pt", "last.pt"))
+    assert "optimizer" not in best and "optimizer" in last
+    assert (out / "best.pt").stat().st_size < 0.4 * (out / "last.pt").stat().st_size
     assert trained["summary"]["val_videos"]  # per-video CCC of the validation split
 
 

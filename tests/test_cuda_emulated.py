@@ -1,98 +1,197 @@
-"""The CUDA backend's kernels (csrc/cuda), executed on CPU by the host CUDA emulator, against the
-reference: forward outputs, saved iteration features and every gradient. This is CI's proof of
-the CUDA kernels; tests/test_cuda_gpu.py repeats the comparison on a GPU where there is one."""
+"""The "cuda" backend's kernels (csrc/cuda) on CPU tensors, through the public operators, executed by
+the host CUDA emulator (RJA_CUDA_EMULATE=1): both forms against the reference, outputs and every
+gradient, the backward getting its own forward's saved features through autograd. This is CI's
+proof of the CUDA kernels; tests/test_cuda_gpu.py repeats the comparison on a GPU where there is one.
+
+Accuracy rule: error against the float64 reference, on the same (dtype-rounded) inputs, at most
+`factor` times the error of the reference computed in the dtype, plus the rounding of the exact
+result to the dtype (`low_precision_tolerance`). Outputs and saved iteration features are compared
+with the reference's forward, gradients with the reference's analytic backward evaluated on the
+kernel's own saved features, so the comparison measures arithmetic, not where an ulp of an input or
+an iterate moves a relu kink.
+
+The emulated launch shape (`cuda.EMULATED_CONFIG`: 64 threads, tiles of 16 rows and 24 features)
+is smaller than the sizes below, so every tiled loop takes several tiles and a ragged last one.
+"""
 
 import pytest
 import torch
 
-from rja_kernels import reference
-from rja_kernels.op import WEIGHT_NAMES
-from rja_kernels.testing import (
-    emulated_cuda_backward,
-    emulated_cuda_forward,
-    low_precision_tolerance,
-    make_inputs,
-)
+from rja_kernels import cuda
+from rja_kernels.backends import BackendUnavailableError, get_backend
+from rja_kernels.testing import call_operator, low_precision_tolerance, make_inputs
 
-GRAD_NAMES = ("xa", "xv", *WEIGHT_NAMES)
+PAPER, JCA = "recursive_joint_attention", "joint_cross_attention"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+SWITCHES = [{}, {"h_tanh": True}, {"out_relu": True}, {"h_tanh": True, "out_relu": True}]
 
 
-def _weights(inputs):
-    return tuple(inputs[n] for n in WEIGHT_NAMES)
+@pytest.fixture(autouse=True)
+def _emulate(monkeypatch):
+    # Set here too, so these tests run the emulator on machines with a GPU as well.
+    monkeypatch.setenv(cuda.EMULATE_ENV, "1")
 
 
-def _check(name, got, ref_low, ref_exact, factor):
-    tol = low_precision_tolerance(ref_low, ref_exact, factor=factor)
-    err = (got.double() - ref_exact).abs().max().item() if got.numel() else 0.0
-    assert got.dtype == ref_low.dtype and got.shape == ref_exact.shape, name
+def _switch_id(options):
+    return "+".join(options) or "plain"
+
+
+def _forward_and_grads(operator, inp, iterations, options, grads_out):
+    inp = {n: t.detach().clone().requires_grad_() for n, t in inp.items()}
+    out = call_operator(operator, inp, iterations, "cuda", **options)
+    return [*out, *torch.autograd.grad(out, list(inp.values()), grads_out)]
+
+
+def _within_rule(name, got, ref_low, exact, factor):
+    assert got.dtype == ref_low.dtype and got.shape == exact.shape, name
+    tol = low_precision_tolerance(ref_low, exact, factor=factor)
+    err = (got.double() - exact).abs().max().item() if got.numel() else 0.0
     assert err <= tol, f"{name}: max error {err:.3g} > tolerance {tol:.3g}"
 
 
-def check_against_reference(b, seq, da, dv, k, iterations, tw, dtype, **config):
-    inputs = make_inputs(b, seq, da, dv, k, iterations, tw=tw, dtype=dtype, seed=iterations * 10 + tw)
-    exact = {n: t.double() for n, t in inputs.items()}
-    gen = torch.Generator().manual_seed(1)
-    grad_out = [torch.randn(t.shape, generator=gen) for t in (exact["xa"], exact["xv"])]
+def check(operator, b, seq, da, dv, iterations, tw, dtype, k=None, options=None, config=None, seed=0):
+    """The cuda backend (emulated) through the public op and autograd against the reference.
 
-    # fp32 kernels sum in another order than the reference: allow a few times its own fp32 error.
-    factor = 4.0 if dtype == torch.float32 else 2.0
-    ref_low = reference.forward(inputs["xa"], inputs["xv"], _weights(inputs), iterations)
-    ref_exact = reference.forward(exact["xa"], exact["xv"], _weights(exact), iterations)
-    got = emulated_cuda_forward(inputs["xa"], inputs["xv"], _weights(inputs), iterations, **config)
-    for name, g, lo, ex in zip(("xa_out", "xv_out", "xa_iters", "xv_iters"), got, ref_low, ref_exact):
-        _check(name, g, lo, ex, factor)
+    The gradients are compared with the reference's backward evaluated on the kernel's own saved
+    features, the ones autograd hands its backward: in float16/bfloat16 two forwards' iterates
+    differ by an ulp here and there, which can move a relu kink and is no measure of the backward."""
+    options = {"h_tanh": False, "out_relu": False, **(options or {})} if operator == PAPER else {}
+    inp = make_inputs(operator, b, seq, da, dv, iterations, k=k, tw=tw, dtype=dtype, seed=seed)
+    weights = tuple(t for n, t in inp.items() if n.startswith("w_"))
+    gen = torch.Generator().manual_seed(seed + 1)
+    grads_out = [torch.randn(inp[n].shape, generator=gen, dtype=torch.float64).to(dtype) for n in ("xa", "xv")]
+    reference = get_backend(operator, "reference")
+    kernel = get_backend(operator, "cuda")
+    with cuda.emulated_config(**(config or {})):
+        got = _forward_and_grads(operator, inp, iterations, options, grads_out)
+        saved = kernel.forward(inp["xa"], inp["xv"], weights, iterations, **options)
+    # In float32 a kernel thread sums each dot product sequentially, BLAS in blocks: measured up to
+    # about 3x the reference's own float32 error over 144 random cases, so allow 6x.
+    factor = 6.0 if dtype == torch.float32 else 2.0
 
-    # Every backward gets the same inputs (in the dtype), so the comparison measures arithmetic
-    # error only, not the rounding of the saved features, which dominates in bfloat16.
-    grad_low = [g.to(dtype) for g in grad_out]
-    saved = (ref_low[2], ref_low[3])
-    grads_low = reference.backward(*grad_low, *saved, _weights(inputs))
-    grads_exact = reference.backward(*(t.double() for t in (*grad_low, *saved)), _weights(exact))
-    grads = emulated_cuda_backward(*grad_low, *saved, _weights(inputs), **config)
-    assert len(grads) == len(GRAD_NAMES)
-    for name, g, lo, ex in zip(GRAD_NAMES, grads, grads_low, grads_exact):
-        _check(f"grad {name}", g, lo, ex, factor)
+    def double(ts):
+        return tuple(t.double() for t in ts)
 
+    ref_low = reference.forward(inp["xa"], inp["xv"], weights, iterations, **options)
+    exact = reference.forward(inp["xa"].double(), inp["xv"].double(), double(weights), iterations, **options)
+    for name, g, lo, ex in zip(("xa_out", "xv_out", "xa_iters", "xv_iters"), (*got[:2], *saved[2:]), ref_low, exact):
+        _within_rule(name, g, lo, ex, factor)
+    grads_low = reference.backward(*grads_out, *saved[2:], weights, **options)
+    grads_exact = reference.backward(*double((*grads_out, *saved[2:])), double(weights), **options)
+    names = [f"grad {n}" for n in inp]
+    assert len(got) == 2 + len(names)
+    for name, g, lo, ex in zip(names, got[2:], grads_low, grads_exact):
+        _within_rule(name, g, lo, ex, factor)
+
+
+# ---- the paper's form ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("options", SWITCHES, ids=_switch_id)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_paper_odd_sizes(dtype, options):
+    # d = 64: three column tiles (24, 24, 16); da = 24: two row tiles, dv = 40: three, ragged.
+    check(PAPER, 2, 5, 24, 40, 2, 2, dtype, options=options)
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["Tw=T", "Tw=1"])
+@pytest.mark.parametrize("iterations", [1, 2, 3])
+def test_paper_iterations_and_shared_weights(iterations, shared):
+    # da = 13 fits one row tile (its C stays staged between the backward's passes), dv = 29 does not.
+    for options in ({}, {"h_tanh": True, "out_relu": True}):
+        check(PAPER, 3, 6, 13, 29, iterations, 1 if shared else iterations, torch.float32, options=options)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_paper_single_clip(dtype):
+    check(PAPER, 2, 1, 9, 20, 2, 1, dtype, options={"out_relu": True})
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_paper_low_precision_shared_weights(dtype):
+    check(PAPER, 1, 7, 16, 9, 3, 1, dtype, options={"h_tanh": True})
+
+
+LAUNCH_SHAPES = [
+    {"threads": 40, "rows": 7, "cols": 5},  # partial warp, tiles that divide nothing
+    {"threads": 96, "rows": 64, "cols": 128},  # one tile covers every row and feature
+    {"threads": 256, "rows": 32, "cols": 64},  # the GPU's launch shape
+]
+LAUNCH_IDS = ["ragged", "single-tile", "gpu-config"]
+
+
+@pytest.mark.parametrize("config", LAUNCH_SHAPES, ids=LAUNCH_IDS)
+def test_paper_launch_shapes(config):
+    check(PAPER, 2, 6, 24, 40, 2, 2, torch.float32, options={"h_tanh": True}, config=config)
+    check(PAPER, 1, 6, 24, 40, 2, 1, torch.float32, options={"out_relu": True}, config=config)
+
+
+def test_paper_shared_memory_limit_is_reported():
+    # The tiles scale with L: at L = 1000 the forward's alone exceed the 227 KiB a block may have.
+    inp = make_inputs(PAPER, 1, 1000, 4, 4, 1)
+    with pytest.raises(RuntimeError, match="paper forward needs .* bytes of shared memory per block for L=1000"):
+        call_operator(PAPER, inp, 1, "cuda")
+
+
+# ---- the JCA form ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shared", [False, True], ids=["Tw=T", "Tw=1"])
 @pytest.mark.parametrize("iterations", [1, 2, 3])
-def test_odd_sizes(iterations, shared, dtype):
-    check_against_reference(2, 5, 24, 40, 12, iterations, 1 if shared else iterations, dtype)
+def test_jca_odd_sizes(iterations, shared, dtype):
+    check(JCA, 2, 5, 24, 40, iterations, 1 if shared else iterations, dtype, k=12)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_single_sample(dtype):
-    check_against_reference(1, 7, 16, 9, 5, 2, 2, dtype)
+def test_jca_single_sample_and_clip(dtype):
+    check(JCA, 1, 7, 16, 9, 2, 2, dtype, k=5)
+    check(JCA, 2, 1, 9, 20, 2, 1, dtype, k=3)
 
 
-@pytest.mark.parametrize(
-    "config",
-    [
-        {"threads": 40, "rows": 7, "cols": 5},  # partial warp, tiles that divide nothing
-        {"threads": 96, "rows": 64, "cols": 128},  # one tile covers every row and feature
-        {"threads": 256, "rows": 32, "cols": 64},  # the GPU's launch shape
-    ],
-    ids=["ragged", "single-tile", "gpu-config"],
-)
-def test_launch_shapes(config):
-    check_against_reference(2, 6, 24, 40, 12, 2, 2, torch.float32, **config)
+@pytest.mark.parametrize("config", LAUNCH_SHAPES, ids=LAUNCH_IDS)
+def test_jca_launch_shapes(config):
+    check(JCA, 2, 6, 24, 40, 2, 2, torch.float32, k=12, config=config)
 
 
-def test_empty_batch():
-    inputs = make_inputs(0, 5, 24, 40, 12, 2)
-    xa_out, xv_out, xa_iters, xv_iters = emulated_cuda_forward(inputs["xa"], inputs["xv"], _weights(inputs), 2)
-    assert xa_out.shape == (0, 5, 24) and xv_out.shape == (0, 5, 40)
-    assert xa_iters.shape == (2, 0, 5, 24) and xv_iters.shape == (2, 0, 5, 40)
-    grads = emulated_cuda_backward(xa_out, xv_out, xa_iters, xv_iters, _weights(inputs))
-    assert grads[0].shape == (0, 5, 24)
-    for g, name in zip(grads[2:], WEIGHT_NAMES):
-        assert torch.equal(g, torch.zeros_like(inputs[name])), name
-
-
-def test_shared_memory_limit_is_reported():
+def test_jca_shared_memory_limit_is_reported():
     # L = 160, k = 160: the weight tiles alone exceed the 227 KiB a block may have.
-    inputs = make_inputs(1, 160, 8, 8, 160, 1)
+    inp = make_inputs(JCA, 1, 160, 8, 8, 1, k=160)
     with pytest.raises(RuntimeError, match="bytes of shared memory per block for L=160, k=160"):
-        emulated_cuda_forward(inputs["xa"], inputs["xv"], _weights(inputs), 1)
+        call_operator(JCA, inp, 1, "cuda")
+
+
+# ---- both forms ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("operator", [PAPER, JCA])
+def test_empty_batch(operator):
+    inp = make_inputs(operator, 0, 5, 24, 40, 2, k=12, requires_grad=True)
+    xa, xv = call_operator(operator, inp, 2, "cuda", **({"out_relu": True} if operator == PAPER else {}))
+    assert xa.shape == (0, 5, 24) and xv.shape == (0, 5, 40)
+    grads = torch.autograd.grad(xa.sum() + xv.sum(), list(inp.values()))
+    for g, (name, t) in zip(grads, inp.items()):
+        assert g.shape == t.shape and not g.any(), name
+
+
+@pytest.mark.parametrize("operator", [PAPER, JCA])
+def test_saved_features_are_the_iterations_inputs(operator):
+    # The backend contract: xa_iters[i] is the input of iteration i; xa_iters[0] is xa itself.
+    inp = make_inputs(operator, 2, 4, 10, 7, 3, k=4)
+    weights = tuple(t for n, t in inp.items() if n.startswith("w_"))
+    forward = cuda.paper_forward if operator == PAPER else cuda.jca_forward
+    xa_out, xv_out, xa_iters, xv_iters = forward(inp["xa"], inp["xv"], weights, 3)
+    assert torch.equal(xa_iters[0], inp["xa"]) and torch.equal(xv_iters[0], inp["xv"])
+    one = forward(xa_iters[2], xv_iters[2], tuple(w[2:] for w in weights), 1)
+    torch.testing.assert_close(one[0], xa_out)
+    torch.testing.assert_close(one[1], xv_out)
+
+
+def test_cpu_tensors_without_the_switch_are_refused_with_the_reason(monkeypatch):
+    monkeypatch.delenv(cuda.EMULATE_ENV)
+    inp = make_inputs(PAPER, 1, 4, 6, 5, 1)
+    with pytest.raises(BackendUnavailableError, match=r"needs CUDA tensors.*RJA_CUDA_EMULATE=1"):
+        call_operator(PAPER, inp, 1, "cuda")
+
+
+def test_float64_is_refused_with_the_reason():
+    inp = make_inputs(PAPER, 1, 4, 6, 5, 1, dtype=torch.float64)
+    with pytest.raises(BackendUnavailableError, match="float32, float16 and bfloat16"):
+        call_operator(PAPER, inp, 1, "cuda")

@@ -20,6 +20,7 @@ from rja_models.data import (
     read_annotation,
     write_av_file,
 )
+from rja_models.data.synthetic import rgb_to_yuv420p
 
 L, F = 2, 8
 
@@ -170,8 +171,37 @@ def test_generator_is_deterministic_and_cached(tree, tmp_path):
     assert tree_digest(again) == tree_digest(tree)
 
 
-def test_default_size_generation(tmp_path):
+@pytest.fixture(scope="module")
+def default_tree(tmp_path_factory):
+    return generate_synthetic_dataset(tmp_path_factory.mktemp("default"), progress=False)
+
+
+def test_default_size_generation(default_tree):
     """The defaults (12 videos of 6 s) must stay quick to generate."""
-    root = generate_synthetic_dataset(tmp_path, progress=False)
-    train, val = dataset(root), dataset(root, "val")
+    train, val = dataset(default_tree), dataset(default_tree, "val")
     assert len(train.sequences) == 10 and len(val.sequences) == 3
+
+
+def test_default_size_generation_is_byte_identical(default_tree, tmp_path):
+    """Generating the default set again in the same process gives the same bytes, videos included.
+
+    A second encode in one process is what used to differ: x264's CPU-specific intra search read
+    uninitialised heap memory, which is fresh (zeroed) only for the process's first encodes.
+    """
+    again = generate_synthetic_dataset(tmp_path, progress=False)
+    first, second = tree_digest(default_tree), tree_digest(again)
+    assert sum(name.endswith(".mp4") for name in first) == 12
+    assert [name for name in first if first[name] != second.get(name)] == []
+    assert first == second
+
+
+def test_rgb_to_yuv420p():
+    image = np.zeros((4, 6, 3), np.uint8)
+    image[:, :2] = 255  # white, then black, then pure red in 2-pixel-wide columns
+    image[:, 4:, 0] = 255
+    yuv = rgb_to_yuv420p(image).reshape(-1)
+    y, u, v = yuv[:24].reshape(4, 6), yuv[24:30].reshape(2, 3), yuv[30:].reshape(2, 3)
+    assert y[0].tolist() == [235, 235, 16, 16, 82, 82]
+    assert u[0].tolist() == [128, 128, 90] and v[0].tolist() == [128, 128, 240]
+    with pytest.raises(ValueError, match="even"):
+        rgb_to_yuv420p(np.zeros((3, 4, 3), np.uint8))

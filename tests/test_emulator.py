@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from rja_kernels.testing import cuda_emulator
+from rja_kernels.cuda import cuda_emulator
 
 emu = cuda_emulator()
 

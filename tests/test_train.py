@@ -6,14 +6,20 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import stat
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from rja_models import train
-from rja_models.checkpoint import load_checkpoint
+from rja_models.checkpoint import load_checkpoint, model_from_checkpoint
 from rja_models.data import DataError, save_features
+from rja_models.training import logs, plots
+from rja_models.training.logs import MetricsLog
 from rja_models.training.loop import lr_factor
 
 CLIP_FRAMES, DIM = 2, 8
@@ -70,13 +76,64 @@ def test_resume_repeats_an_uninterrupted_run_bit_for_bit(features, tmp_path):
 
 
 def test_outputs_and_best_checkpoint(features, tmp_path):
-    summary = train.main(feature_args(features, tmp_path, "--epochs", "2"))
+    old_umask = os.umask(0o027)
+    try:
+        summary = train.main(feature_args(features, tmp_path, "--epochs", "2"))
+    finally:
+        os.umask(old_umask)
     for name in ("last.pt", "best.pt", "metrics.jsonl", "learning_curves.png", "val_predictions.png", "summary.json"):
         assert (tmp_path / name).is_file(), name
     best = load_checkpoint(tmp_path / "best.pt")
     assert best["extra"]["state"]["best_epoch"] == summary["best_epoch"]
     assert summary["val"] == summary["history"][summary["best_epoch"] - 1]["val"]
     assert best["config"]["use_backbones"] is False and best["config"]["da"] == DIM
+    # best.pt: what inference needs; last.pt: also what --resume needs. Both with the user's umask.
+    last = load_checkpoint(tmp_path / "last.pt")
+    assert not {"optimizer", "scheduler"} & set(best) and not {"rng", "scaler"} & set(best["extra"])
+    assert {"optimizer", "scheduler"} <= set(last) and {"rng", "scaler"} <= set(last["extra"])
+    assert model_from_checkpoint(tmp_path / "best.pt")[1].da == DIM
+    for name in ("best.pt", "last.pt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640, name
+
+
+def test_metrics_log_each_epoch(features, tmp_path):
+    """The learning rate each epoch used (cosine over 2 epochs from 3e-3), training loss and CCC, validation loss."""
+    train.main(feature_args(features, tmp_path, "--epochs", "2"))
+    epochs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert epochs[0]["lr"] == pytest.approx(3e-3) and epochs[0]["lr_last"] < 3e-3
+    assert 0 < epochs[1]["lr_last"] < epochs[1]["lr"] < epochs[0]["lr"]  # the last epoch's rate is not 0
+    for entry in epochs:
+        assert set(entry["train"]) == set(entry["val"]) == {"valence", "arousal", "mean"}
+        assert math.isfinite(entry["train_loss"]) and math.isfinite(entry["val_loss"])
+        assert entry["val_loss"] == pytest.approx(1 - entry["val"]["mean"], abs=1e-4)  # --loss ccc over the split
+
+
+def test_plots(monkeypatch, tmp_path):
+    """Integer epoch ticks even for one epoch; prediction plots with axis labels, a fixed range and CCC titles."""
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    ccc = {"valence": 0.5, "arousal": 0.25, "mean": 0.375}
+    plots.plot_learning_curves([{"epoch": 1, "train_loss": 0.9, "val_loss": 0.8, "train": ccc, "val": ccc}],
+                               ["valence", "arousal"], tmp_path / "c.png")
+    for ax in figures[0].axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks == [1.0]
+    series = {"x": np.arange(4), "pred": np.zeros((4, 2)), "labels": np.zeros((4, 2)), "mask": np.ones(4, bool),
+              "ccc": ccc}
+    plots.plot_series({"v": series}, ["valence", "arousal"], tmp_path / "p.png", xlabel="time (s)")
+    ax = figures[1].axes[0]
+    assert ax.get_ylim() == (-1.0, 1.0) and ax.get_xlabel() == "time (s)" and ax.get_ylabel() == "valence"
+    assert ax.get_title() == "v: valence (CCC 0.500)"
+
+
+def test_missing_tensorboard_is_said_once(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # its import fails, as when not installed
+    logs._note_no_tensorboard.cache_clear()
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        assert MetricsLog(tmp_path / run, [], tensorboard=True).writer is None
+    err = capsys.readouterr().err
+    assert err.count("TensorBoard is not installed") == 1 and "pip install tensorboard" in err
 
 
 def test_existing_run_needs_resume_or_overwrite(features, tmp_path):

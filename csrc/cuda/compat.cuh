@@ -84,5 +84,14 @@ RJA_DEVICE __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
 
 }  // namespace rja
 
-// Block-stride loop: thread t takes indices t, t + blockDim.x, ... below n.
+// Block-stride loop: thread t takes indices t, t + blockDim.x, ... below n. Two loops with the same
+// n give every thread the same indices, which is what lets a thread update "its" elements of a
+// buffer in several loops without a barrier in between.
 #define RJA_BLOCK_LOOP(i, n) for (int i = int(threadIdx.x); i < (n); i += int(blockDim.x))
+
+// Unroll hint for nvcc; the host compiler of the emulated build decides for itself.
+#ifdef RJA_EMULATE
+#define RJA_UNROLL
+#else
+#define RJA_UNROLL _Pragma("unroll")
+#endif

@@ -1,5 +1,6 @@
-// Host side of the kernels, shared by the CUDA extension (rja_cuda.cu) and the emulated build
-// (csrc/emu/module.cpp): argument checks, output allocation, shared memory sizing and launch.
+// Host side of the kernels of both operators, shared by the CUDA extension (rja_cuda.cu) and the
+// emulated build (csrc/emu/module.cpp): argument checks, output allocation, shared memory sizing,
+// launch, and the paper form's weight-gradient reduction.
 // Include after the torch headers: the emulated build's CUDA names are macros.
 #pragma once
 
@@ -8,7 +9,8 @@
 #include <cmath>
 #include <vector>
 
-#include "kernels.cuh"
+#include "jca.cuh"
+#include "paper.cuh"
 
 #ifndef RJA_EMULATE
 #include <c10/cuda/CUDAException.h>
@@ -61,41 +63,55 @@ Ptr<T> ptr(const at::Tensor& t, const char* name) {
   return make_ptr(reinterpret_cast<T*>(t.data_ptr()), t.numel(), name);
 }
 
-inline Dims dims_of(int64_t B, int64_t L, int64_t da, int64_t dv, int64_t k, int64_t T, int64_t Tw, const Config& cfg) {
+inline Dims dims_of(int64_t B, int64_t L, int64_t da, int64_t dv, int64_t k, int64_t T, int64_t Tw, const Config& cfg,
+                    bool h_tanh = false, bool out_relu = false) {
   TORCH_CHECK(cfg.threads >= 32 && cfg.threads <= 1024 && cfg.rows >= 1 && cfg.cols >= 1,
               "rja cuda: bad launch config: threads=", cfg.threads, " rows=", cfg.rows, " cols=", cfg.cols);
   return Dims{int(B), int(L), int(da), int(dv), int(k), int(T), int(Tw), cfg.rows, cfg.cols,
-              float(1.0 / std::sqrt(double(da + dv)))};
+              float(1.0 / std::sqrt(double(da + dv))), h_tanh, out_relu};
 }
 
-inline std::size_t shared_bytes_checked(const Dims& s, bool backward) {
-  const std::size_t bytes = std::size_t(SmemLayout(s, backward).total) * sizeof(float);
-  TORCH_CHECK(bytes <= max_shared_bytes(), "rja cuda ", backward ? "backward" : "forward", " needs ", bytes,
+inline std::size_t shared_bytes_checked(std::int64_t floats, const Dims& s, bool backward, const char* form) {
+  const std::size_t bytes = std::size_t(floats) * sizeof(float);
+  TORCH_CHECK(bytes <= max_shared_bytes(), "rja cuda ", form, " ", backward ? "backward" : "forward", " needs ", bytes,
               " bytes of shared memory per block for L=", s.L, ", k=", s.k, " (tiles of ", s.R, " rows, ", s.E,
               " features); the device allows ", max_shared_bytes());
   return bytes;
 }
 
-inline void check_weights(const at::Tensor& xa, at::TensorList w) {
-  TORCH_CHECK(w.size() == 8, "rja cuda: expected 8 weights, got ", w.size());
+inline void check_weights(const at::Tensor& xa, at::TensorList w, std::size_t count) {
+  TORCH_CHECK(w.size() == count, "rja cuda: expected ", count, " weights, got ", w.size());
   for (const auto& t : w) {
     TORCH_CHECK(t.is_contiguous() && t.dtype() == xa.dtype() && t.device() == xa.device() && t.dim() == 3,
                 "rja cuda: weights must be contiguous 3-D tensors of xa's dtype and device");
   }
 }
 
+// Features, output gradients and saved features: contiguous, `dim`-D, of `like`'s dtype and device.
+inline void check_features(const at::Tensor& like, std::initializer_list<const at::Tensor*> ts, int dim) {
+  for (const auto* t : ts) {
+    TORCH_CHECK(t->is_contiguous() && t->dim() == dim && t->dtype() == like.dtype() && t->device() == like.device(),
+                "rja cuda: features, gradients and saved features must be contiguous ", dim,
+                "-D tensors of one dtype and device");
+  }
+}
+
+// ---- the JCA form (jca.cuh) ---------------------------------------------------------------------
+
+namespace jca {
+
 // forward(xa, xv, weights, T) -> (xa_out, xv_out, xa_iters [T, B, L, da], xv_iters [T, B, L, dv])
 inline std::vector<at::Tensor> forward(const at::Tensor& xa, const at::Tensor& xv, at::TensorList w,
                                        int64_t iterations, const Config& cfg) {
-  TORCH_CHECK(xa.is_contiguous() && xv.is_contiguous() && xa.dim() == 3 && xv.dim() == 3, "rja cuda: xa, xv must be contiguous 3-D");
-  check_weights(xa, w);
+  check_features(xa, {&xa, &xv}, 3);
+  check_weights(xa, w, 8);
   const int64_t B = xa.size(0), L = xa.size(1), da = xa.size(2), dv = xv.size(2);
   const Dims s = dims_of(B, L, da, dv, w[2].size(1), iterations, w[2].size(0), cfg);
   auto xa_iters = at::empty({iterations, B, L, da}, xa.options());
   auto xv_iters = at::empty({iterations, B, L, dv}, xv.options());
   auto xa_out = at::empty_like(xa), xv_out = at::empty_like(xv);
   if (B == 0) return {xa_out, xv_out, xa_iters, xv_iters};  // a zero-sized grid is a launch error
-  const std::size_t smem = shared_bytes_checked(s, false);
+  const std::size_t smem = shared_bytes_checked(SmemLayout(s, false).total, s, false, "jca");
   dispatch_element(xa.scalar_type(), [&](auto tag) {
     using K = decltype(tag);
     ForwardArgs<K> a;
@@ -116,10 +132,9 @@ inline std::vector<at::Tensor> forward(const at::Tensor& xa, const at::Tensor& x
 // backward(grad_xa, grad_xv, xa_iters, xv_iters, weights) -> grads of (xa, xv, *weights)
 inline std::vector<at::Tensor> backward(const at::Tensor& grad_xa, const at::Tensor& grad_xv, const at::Tensor& xa_iters,
                                         const at::Tensor& xv_iters, at::TensorList w, const Config& cfg) {
-  for (const auto* t : {&grad_xa, &grad_xv, &xa_iters, &xv_iters}) {
-    TORCH_CHECK(t->is_contiguous() && t->dtype() == xa_iters.dtype(), "rja cuda: gradients and saved features must be contiguous, of one dtype");
-  }
-  check_weights(xa_iters, w);
+  check_features(xa_iters, {&grad_xa, &grad_xv}, 3);
+  check_features(xa_iters, {&xa_iters, &xv_iters}, 4);
+  check_weights(xa_iters, w, 8);
   const int64_t T = xa_iters.size(0), B = xa_iters.size(1), L = xa_iters.size(2), da = xa_iters.size(3);
   const int64_t dv = xv_iters.size(3), Tw = w[2].size(0);
   const Dims s = dims_of(B, L, da, dv, w[2].size(1), T, Tw, cfg);
@@ -134,7 +149,7 @@ inline std::vector<at::Tensor> backward(const at::Tensor& grad_xa, const at::Ten
     partials.push_back(at::empty(shape, f32));
   }
   if (B > 0) {
-    const std::size_t smem = shared_bytes_checked(s, true);
+    const std::size_t smem = shared_bytes_checked(SmemLayout(s, true).total, s, true, "jca");
     auto work = at::empty({B, Workspace::floats(s)}, f32);
     dispatch_element(xa_iters.scalar_type(), [&](auto tag) {
       using K = decltype(tag);
@@ -162,4 +177,102 @@ inline std::vector<at::Tensor> backward(const at::Tensor& grad_xa, const at::Ten
   return grads;
 }
 
+}  // namespace jca
+
+// ---- the paper's form (paper.cuh) -----------------------------------------------------------------
+
+namespace paper {
+
+inline constexpr const char* kWeightNames[6] = {"w_ja", "w_jv", "w_ca", "w_cv", "w_ha", "w_hv"};
+
+// forward(xa, xv, weights, T, h_tanh, out_relu) -> (xa_out, xv_out, xa_iters [T, B, L, da], xv_iters [T, B, L, dv])
+inline std::vector<at::Tensor> forward(const at::Tensor& xa, const at::Tensor& xv, at::TensorList w,
+                                       int64_t iterations, bool h_tanh, bool out_relu, const Config& cfg) {
+  check_features(xa, {&xa, &xv}, 3);
+  check_weights(xa, w, 6);
+  const int64_t B = xa.size(0), L = xa.size(1), da = xa.size(2), dv = xv.size(2);
+  TORCH_CHECK(iterations >= 1 && (w[0].size(0) == 1 || w[0].size(0) == iterations),
+              "rja cuda: weights must hold 1 or T = ", iterations, " sets, got ", w[0].size(0));
+  const Dims s = dims_of(B, L, da, dv, 0, iterations, w[0].size(0), cfg, h_tanh, out_relu);
+  auto xa_iters = at::empty({iterations, B, L, da}, xa.options());
+  auto xv_iters = at::empty({iterations, B, L, dv}, xv.options());
+  auto xa_out = at::empty_like(xa), xv_out = at::empty_like(xv);
+  if (B == 0) return {xa_out, xv_out, xa_iters, xv_iters};  // a zero-sized grid is a launch error
+  const std::size_t smem = shared_bytes_checked(SmemLayout(s, false).total, s, false, "paper");
+  auto work = at::empty({B, Work::floats(s)}, xa.options().dtype(at::kFloat));
+  dispatch_element(xa.scalar_type(), [&](auto tag) {
+    using K = decltype(tag);
+    ForwardArgs<K> a;
+    a.xa = ptr<const K>(xa, "xa");
+    a.xv = ptr<const K>(xv, "xv");
+    for (int i = 0; i < 6; ++i) a.w[i] = ptr<const K>(w[i], kWeightNames[i]);
+    a.xa_iters = ptr<K>(xa_iters, "xa_iters");
+    a.xv_iters = ptr<K>(xv_iters, "xv_iters");
+    a.xa_out = ptr<K>(xa_out, "xa_out");
+    a.xv_out = ptr<K>(xv_out, "xv_out");
+    a.work = ptr<float>(work, "work");
+    a.s = s;
+    launch(forward_kernel<K>, int(B), cfg.threads, smem, a);
+  });
+  return {xa_out, xv_out, xa_iters, xv_iters};
+}
+
+// backward(grad_xa, grad_xv, xa_iters, xv_iters, weights, h_tanh, out_relu) -> grads of (xa, xv, *weights)
+inline std::vector<at::Tensor> backward(const at::Tensor& grad_xa, const at::Tensor& grad_xv, const at::Tensor& xa_iters,
+                                        const at::Tensor& xv_iters, at::TensorList w, bool h_tanh, bool out_relu,
+                                        const Config& cfg) {
+  check_features(xa_iters, {&grad_xa, &grad_xv}, 3);
+  check_features(xa_iters, {&xa_iters, &xv_iters}, 4);
+  check_weights(xa_iters, w, 6);
+  const int64_t T = xa_iters.size(0), B = xa_iters.size(1), L = xa_iters.size(2), da = xa_iters.size(3);
+  const int64_t dv = xv_iters.size(3), d = da + dv, Tw = w[0].size(0);
+  TORCH_CHECK(Tw == 1 || Tw == T, "rja cuda: weights must hold 1 or T = ", T, " sets, got ", Tw);
+  const Dims s = dims_of(B, L, da, dv, 0, T, Tw, cfg, h_tanh, out_relu);
+  auto grad_xa_in = at::empty_like(grad_xa), grad_xv_in = at::empty_like(grad_xv);
+  const auto f32 = grad_xa.options().dtype(at::kFloat);
+  auto H = at::empty({2, T, B, L, d}, f32);
+  auto gU = at::empty({T, B, L, d}, f32), gQ = at::empty({T, B, L, d}, f32), gP = at::empty({T, B, d, L}, f32);
+  if (B > 0) {
+    const std::size_t smem = shared_bytes_checked(SmemLayout(s, true).total, s, true, "paper");
+    auto work = at::empty({B, Work::floats(s)}, f32);
+    dispatch_element(xa_iters.scalar_type(), [&](auto tag) {
+      using K = decltype(tag);
+      BackwardArgs<K> a;
+      a.grad_xa = ptr<const K>(grad_xa, "grad_xa");
+      a.grad_xv = ptr<const K>(grad_xv, "grad_xv");
+      a.xa_iters = ptr<const K>(xa_iters, "xa_iters");
+      a.xv_iters = ptr<const K>(xv_iters, "xv_iters");
+      for (int i = 0; i < 6; ++i) a.w[i] = ptr<const K>(w[i], kWeightNames[i]);
+      a.grad_xa_in = ptr<K>(grad_xa_in, "grad_xa_in");
+      a.grad_xv_in = ptr<K>(grad_xv_in, "grad_xv_in");
+      a.H = ptr<float>(H, "H");
+      a.gU = ptr<float>(gU, "gU");
+      a.gQ = ptr<float>(gQ, "gQ");
+      a.gP = ptr<float>(gP, "gP");
+      a.work = ptr<float>(work, "work");
+      a.s = s;
+      launch(backward_kernel<K>, int(B), cfg.threads, smem, a);
+    });
+  }
+  // The weight gradients, contracted over the batch (and the iterations when Tw = 1) by one
+  // matrix product per weight, in float32: deterministic, as no atomics are involved.
+  const int64_t sets = Tw, rows = T / Tw * B * L;  // rows of the contraction per weight set
+  std::vector<at::Tensor> grads{grad_xa_in, grad_xv_in, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+                                at::Tensor(), at::Tensor()};
+  for (int m = 0; m < 2; ++m) {
+    const int64_t off = m == 0 ? 0 : da, dm = m == 0 ? da : dv;
+    const at::Tensor x = (m == 0 ? xa_iters : xv_iters).to(at::kFloat);  // [T, B, L, dm]
+    // grad w_j = sum x gP_m: [T, B, L, dm] @ [T, B, dm, L], summed over the batch (and iterations)
+    at::Tensor gwj = at::matmul(x, gP.narrow(2, off, dm)).sum(1).view({sets, T / sets, L, L}).sum(1);
+    // grad w_c = sum x^T gQ_m, grad w_h = sum H_m^T gU_m
+    at::Tensor gwc = at::matmul(x.view({sets, rows, dm}).transpose(1, 2), gQ.view({sets, rows, d}).narrow(2, off, dm));
+    at::Tensor gwh = at::matmul(H.select(0, m).view({sets, rows, d}).transpose(1, 2), gU.view({sets, rows, d}).narrow(2, off, dm));
+    grads[2 + m] = gwj.to(grad_xa.scalar_type());
+    grads[4 + m] = gwc.to(grad_xa.scalar_type());
+    grads[6 + m] = gwh.to(grad_xa.scalar_type());
+  }
+  return grads;
+}
+
+}  // namespace paper
 }  // namespace rja

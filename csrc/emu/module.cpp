@@ -1,6 +1,7 @@
-// rja_kernels._C_cuda_emu: the CUDA kernels of csrc/cuda compiled by the host compiler against the
-// emulator (emu.h), for CPU tensors, plus small kernels that test the emulator itself. Test
-// support only (rja_kernels.testing), not a backend.
+// rja_kernels._C_cuda_emu: the CUDA kernels of csrc/cuda (both operators) compiled by the host
+// compiler against the emulator (emu.h), for CPU tensors, plus small kernels that test the emulator
+// itself. The "cuda" backend (rja_kernels/cuda.py) runs CPU tensors through it when
+// RJA_CUDA_EMULATE=1; it is test support, slow by design.
 #include <torch/extension.h>
 
 #define RJA_EMULATE
@@ -12,15 +13,28 @@ using rja::Ptr;
 
 rja::Config config(int64_t threads, int64_t rows, int64_t cols) { return {int(threads), int(rows), int(cols)}; }
 
-std::vector<at::Tensor> forward(const at::Tensor& xa, const at::Tensor& xv, const std::vector<at::Tensor>& weights,
-                                int64_t iterations, int64_t threads, int64_t rows, int64_t cols) {
-  return rja::forward(xa, xv, weights, iterations, config(threads, rows, cols));
+std::vector<at::Tensor> paper_forward(const at::Tensor& xa, const at::Tensor& xv, const std::vector<at::Tensor>& weights,
+                                      int64_t iterations, bool h_tanh, bool out_relu, int64_t threads, int64_t rows,
+                                      int64_t cols) {
+  return rja::paper::forward(xa, xv, weights, iterations, h_tanh, out_relu, config(threads, rows, cols));
 }
 
-std::vector<at::Tensor> backward(const at::Tensor& grad_xa, const at::Tensor& grad_xv, const at::Tensor& xa_iters,
-                                 const at::Tensor& xv_iters, const std::vector<at::Tensor>& weights, int64_t threads,
-                                 int64_t rows, int64_t cols) {
-  return rja::backward(grad_xa, grad_xv, xa_iters, xv_iters, weights, config(threads, rows, cols));
+std::vector<at::Tensor> paper_backward(const at::Tensor& grad_xa, const at::Tensor& grad_xv, const at::Tensor& xa_iters,
+                                       const at::Tensor& xv_iters, const std::vector<at::Tensor>& weights, bool h_tanh,
+                                       bool out_relu, int64_t threads, int64_t rows, int64_t cols) {
+  return rja::paper::backward(grad_xa, grad_xv, xa_iters, xv_iters, weights, h_tanh, out_relu,
+                              config(threads, rows, cols));
+}
+
+std::vector<at::Tensor> jca_forward(const at::Tensor& xa, const at::Tensor& xv, const std::vector<at::Tensor>& weights,
+                                    int64_t iterations, int64_t threads, int64_t rows, int64_t cols) {
+  return rja::jca::forward(xa, xv, weights, iterations, config(threads, rows, cols));
+}
+
+std::vector<at::Tensor> jca_backward(const at::Tensor& grad_xa, const at::Tensor& grad_xv, const at::Tensor& xa_iters,
+                                     const at::Tensor& xv_iters, const std::vector<at::Tensor>& weights, int64_t threads,
+                                     int64_t rows, int64_t cols) {
+  return rja::jca::backward(grad_xa, grad_xv, xa_iters, xv_iters, weights, config(threads, rows, cols));
 }
 
 // --- kernels that test the emulator ---
@@ -103,8 +117,10 @@ at::Tensor round_trip(const at::Tensor& in, at::ScalarType dtype) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "The rja CUDA kernels executed on CPU by the host CUDA emulator (test support).";
-  m.def("forward", &forward, "emulated rja::cuda_forward on CPU tensors");
-  m.def("backward", &backward, "emulated rja::cuda_backward on CPU tensors");
+  m.def("paper_forward", &paper_forward, "emulated rja::cuda_paper_forward on CPU tensors");
+  m.def("paper_backward", &paper_backward, "emulated rja::cuda_paper_backward on CPU tensors");
+  m.def("jca_forward", &jca_forward, "emulated rja::cuda_jca_forward on CPU tensors");
+  m.def("jca_backward", &jca_backward, "emulated rja::cuda_jca_backward on CPU tensors");
   m.def("max_shared_bytes", &rja::max_shared_bytes);
   m.def("write_per_thread", &write_per_thread);
   m.def("divergent_barrier", &divergent_barrier);

@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +27,17 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from .errors import DataError
-from .video import VideoInfo, VideoReader, clip_audio_samples, fit_image, probe_video, require_audio, to_clips
+from .video import (
+    AudioWindow,
+    VideoInfo,
+    VideoReader,
+    clip_audio_samples,
+    fit_image,
+    probe_video,
+    require_audio,
+    to_clips,
+)
+from .windows import Windowing, subsequence_starts  # noqa: F401 (data.features imports it from here)
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 SPLIT_FOLDERS = {"train": "Train_Set", "val": "Validation_Set"}
@@ -102,12 +113,30 @@ def _crop_fill(folder: Path, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
     return has, np.where(previous >= 0, previous, following)
 
 
-def subsequence_starts(num_frames: int, length: int, stride: int) -> list[int]:
-    """Start frames of windows of ``length`` every ``stride`` frames, the last one reaching the end."""
-    starts = list(range(0, max(num_frames - length, 0) + 1, stride))
-    if starts[-1] + length < num_frames:
-        starts.append(starts[-1] + stride)
-    return starts
+def jitter_clips(frames: torch.Tensor, amount: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The authors' training augmentation (``RandomColorAugment``): per clip, a brightness factor and
+    then a contrast factor (blend with each frame's mean gray level), each uniform in
+    ``[1 - amount, 1 + amount]``. ``frames`` float [L, 3, F, H, W] in [0, 1]."""
+    clips = frames.shape[0]
+    shape = (clips, 1, 1, 1, 1)
+    brightness = 1 + (torch.rand(clips, generator=generator) * 2 - 1) * amount
+    contrast = 1 + (torch.rand(clips, generator=generator) * 2 - 1) * amount
+    x = (frames * brightness.view(shape)).clamp_(0, 1)
+    gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).mean(dim=(-2, -1), keepdim=True).unsqueeze(1)
+    return (contrast.view(shape) * x + (1 - contrast.view(shape)) * gray).clamp_(0, 1)
+
+
+def dataset_options(config: Any, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Keyword arguments of `AffWild2Dataset` / `VideoFileDataset` that cut clips as ``config`` (a
+    ``ModelConfig``) was trained on: clips, frames, dilation, layout, labels, image size and the audio
+    window (``extra``: the checkpoint's extras, for checkpoints that stored the window in samples)."""
+    window = AudioWindow.from_config(config, extra)
+    return {
+        "clips": config.clips, "clip_frames": config.clip_frames, "dilation": config.frame_dilation,
+        "layout": config.window_layout, "label_frame": config.label_frame, "sample_rate": config.sample_rate,
+        "image_size": config.image_size, "audio_seconds": None if window is None else window.seconds,
+        "audio_anchor": config.audio_anchor,
+    }
 
 
 @dataclass
@@ -120,30 +149,61 @@ class _Sequence:
     video: VideoInfo | None
 
 
+def _labels(windowing: Windowing, start: int, shown: np.ndarray, labels: np.ndarray, mask: np.ndarray
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(labels float32 [rows, T], mask bool [rows], frame_index int64 [rows]) of one window; rows
+    outside the video get label 0 and mask False."""
+    rows, label_at = windowing.label_rows(start, shown)
+    n = len(mask)
+    inside = (rows >= 0) & (rows < n) & (label_at >= 0) & (label_at < n)
+    at = np.clip(label_at, 0, max(n - 1, 0))
+    values = np.where(inside[:, None], labels[at], 0.0).astype(np.float32)
+    return torch.from_numpy(values), torch.from_numpy(inside & mask[at]), torch.from_numpy(rows)
+
+
+def _audio_window(seconds: float | None, samples: int | None, sample_rate: int, anchor: str,
+                  fps: float, span: int) -> AudioWindow:
+    """The clip audio window: ``seconds``, else ``samples`` at ``sample_rate``, else one clip span at ``fps``."""
+    if not seconds:
+        seconds = (samples or clip_audio_samples(span, fps, sample_rate)) / sample_rate
+    return AudioWindow(seconds, sample_rate, anchor)
+
+
 class AffWild2Dataset(Dataset):
     """Sub-sequences of ``clips`` clips of ``clip_frames`` frames from an Aff-Wild2-layout tree.
 
-    Each item is a dict:
+    Window placement and clip sampling follow `rja_models.data.windows` (``dilation``, ``layout``,
+    ``label_frame``; the defaults are back-to-back windows of consecutive frames, every frame
+    labelled). Each item is a dict:
 
     * ``"frames"``: float32 [L, 3, F, H, W] in [0, 1], face crops; a frame without a crop shows the
-      nearest previous (else next) crop, padding past the end is zeros;
-    * ``"audio"``: float32 [L, S], clip ``l``'s audio from the original video, starting at the
-      timestamp of the clip's first frame (zeros when ``visual_only``);
-    * ``"labels"``: float32 [L*F, T] (0 where invalid); ``"mask"``: bool [L*F], False for a -5
-      label, a missing crop or padding past the end of the video;
-    * ``"video"``: the sequence name; ``"start_frame"``: 0-based index of the first frame.
+      nearest previous (else next) crop, padding past the end and blank clips are zeros;
+    * ``"audio"``: float32 [L, S], each clip's audio from the original video, ``S`` samples from the
+      time of the clip span's first frame (``audio_anchor="start"``) or up to its last (``"end"``),
+      see `AudioWindow` (zeros when ``visual_only``);
+    * ``"labels"``: float32 [R, T] (0 where invalid); ``"mask"``: bool [R], False for a -5 label, a
+      missing crop or a row outside the video; ``"frame_index"``: int64 [R], the frame each row is
+      scored at (R = L * F * dilation rows, or L with ``label_frame="last"``);
+    * ``"video"``: the sequence name; ``"start_frame"``: 0-based index of the first frame (negative
+      for the first windows of the "tiled" layout).
 
     Args:
         root: the tree's root directory.
         split: "train", "val" (Train_Set / Validation_Set) or a folder of VA_Estimation_Challenge.
-        stride: frames between sub-sequence starts; default ``clips * clip_frames`` (no overlap).
+        stride: frames between sub-sequence starts ("strided" layout); default the window length.
         sample_rate: audio rate (mono).
         image_size: crops are resized/center-cropped to this square.
         videos: restrict to these sequence names (default: every annotation file of the split).
         visual_only: read no audio (videos may lack an audio stream or be absent).
-        audio_samples: ``S``; default one clip's duration at the most common frame rate of the
-            split's videos. A clip of a video at another rate gets its own duration's audio,
-            zero-padded or trimmed at its end to ``S``.
+        audio_seconds: audio per clip, seconds (the same at any frame rate); default
+            ``audio_samples`` at ``sample_rate``, else one clip span at the most common frame rate of
+            the split's videos.
+        audio_anchor: "start" or "end" (see `AudioWindow`).
+        dilation, layout, label_frame: see `rja_models.data.windows`.
+        training: the training set: "tiled" windows must end inside the video and show the frames
+            that are labelled (with a crop), windows with a clip without any are dropped (the
+            authors'); ``color_jitter`` applies.
+        color_jitter: see `jitter_clips` (training only; 0: none).
         target_names: the annotation header every file must have; None takes the first file's.
         progress: show a progress bar while scanning the videos.
 
@@ -165,13 +225,23 @@ class AffWild2Dataset(Dataset):
         videos: Sequence[str] | None = None,
         visual_only: bool = False,
         audio_samples: int | None = None,
+        audio_seconds: float | None = None,
+        audio_anchor: str = "start",
+        dilation: int = 1,
+        layout: str = "strided",
+        label_frame: str = "all",
+        training: bool = False,
+        color_jitter: float = 0.0,
         target_names: Sequence[str] | None = ("valence", "arousal"),
         progress: bool = True,
     ) -> None:
         self.root = Path(root)
         self.clip_frames, self.clips = clip_frames, clips
-        self.stride = stride or clips * clip_frames
+        self.windowing = Windowing(clips, clip_frames, dilation, layout, label_frame)
+        self.windowing.starts(0, stride)  # a stride with the tiled layout is an error, before any file is read
+        self.stride = stride or self.windowing.length
         self.sample_rate, self.image_size, self.visual_only = sample_rate, image_size, visual_only
+        self.training, self.color_jitter = training, color_jitter
         folder = self.root / "VA_Estimation_Challenge" / SPLIT_FOLDERS.get(split, split)
         if not folder.is_dir():
             raise DataError(folder, f"no such annotation folder (split {split!r}: 'train', 'val' or a folder name)")
@@ -191,14 +261,21 @@ class AffWild2Dataset(Dataset):
             self.sequences.append(_Sequence(name, labels, label_ok & has_crop, fill, crops, video))
         self.target_names: list[str] = list(target_names or [])
         fps = Counter(round(s.video.fps, 2) for s in self.sequences if s.video is not None).most_common(1)
-        self.audio_samples = audio_samples or clip_audio_samples(
-            clip_frames, fps[0][0] if fps else _ASSUMED_FPS, sample_rate
-        )
-        self.index = [
-            (i, start)
-            for i, s in enumerate(self.sequences)
-            for start in subsequence_starts(len(s.labels), clips * clip_frames, self.stride)
-        ]
+        self.audio_window = _audio_window(audio_seconds, audio_samples, sample_rate, audio_anchor,
+                                          fps[0][0] if fps else _ASSUMED_FPS, self.windowing.span)
+        self.audio_samples = self.audio_window.samples
+        self.index = [(i, start) for i, s in enumerate(self.sequences) for start in self._starts(s)]
+
+    def _starts(self, seq: _Sequence) -> list[int]:
+        w, n = self.windowing, len(seq.labels)
+        starts = w.starts(n, None if w.layout == "tiled" else self.stride, training=self.training)
+        if not (self.training and w.layout == "tiled") or not starts:
+            return starts
+        # The authors keep a training window only if each of its clips shows a labelled frame.
+        count = np.concatenate([[0], np.cumsum(seq.mask)])
+        ends = np.asarray(starts)[:, None] + w.span * np.arange(1, w.clips + 1)[None, :] - 1
+        shown = count[np.clip(ends + 1, 0, n)] - count[np.clip(ends + 1 - w.span, 0, n)]
+        return [s for s, ok in zip(starts, (shown > 0).all(axis=1)) if ok]
 
     def _video_files(self) -> dict[str, Path]:
         found: dict[str, Path] = {}
@@ -230,25 +307,29 @@ class AffWild2Dataset(Dataset):
     def __getitem__(self, item: int) -> dict[str, torch.Tensor | str | int]:
         seq_index, start = self.index[item]
         seq = self.sequences[seq_index]
-        total = self.clips * self.clip_frames
-        end = min(start + total, len(seq.labels))
+        w, n = self.windowing, len(seq.labels)
+        available = seq.mask if self.training and w.layout == "tiled" else None
+        shown = w.clip_frame_indices(start, n, available)
         size = self.image_size
-        images = np.zeros((total, size, size, 3), dtype=np.uint8)
+        images = np.zeros((shown.size, size, size, 3), dtype=np.uint8)
         loaded: dict[int, np.ndarray] = {}  # a missing crop repeats a neighbour: read each file once
-        for j, crop in enumerate(seq.fill[start:end]):
-            if crop not in loaded:
-                with Image.open(seq.crops / f"{crop + 1:05d}.jpg") as image:
-                    loaded[crop] = fit_image(image, size)
-            images[j] = loaded[crop]
-        labels = torch.zeros(total, seq.labels.shape[1])
-        labels[: end - start] = torch.from_numpy(seq.labels[start:end])
-        mask = torch.zeros(total, dtype=torch.bool)
-        mask[: end - start] = torch.from_numpy(seq.mask[start:end])
+        for j, frame in enumerate(shown.reshape(-1)):
+            if 0 <= frame < n:
+                crop = int(seq.fill[frame])
+                if crop not in loaded:
+                    with Image.open(seq.crops / f"{crop + 1:05d}.jpg") as image:
+                        loaded[crop] = fit_image(image, size)
+                images[j] = loaded[crop]
+        frames = to_clips(images, self.clips, self.clip_frames)
+        if self.training and self.color_jitter > 0:
+            frames = jitter_clips(frames, self.color_jitter)
+        labels, mask, frame_index = _labels(w, start, shown, seq.labels, seq.mask)
         return {
-            "frames": to_clips(images, self.clips, self.clip_frames),
+            "frames": frames,
             "audio": self._audio(seq, start),
             "labels": labels,
             "mask": mask,
+            "frame_index": frame_index,
             "video": seq.name,
             "start_frame": start,
         }
@@ -256,20 +337,22 @@ class AffWild2Dataset(Dataset):
     def _audio(self, seq: _Sequence, start: int) -> torch.Tensor:
         if self.visual_only or seq.video is None:
             return torch.zeros(self.clips, self.audio_samples)
-        info = seq.video
-        starts = [info.frame_time(start + c * self.clip_frames) for c in range(self.clips)]
-        with VideoReader(info.path, sample_rate=self.sample_rate, image_size=None) as reader:
-            span = clip_audio_samples(self.clip_frames, info.fps, self.sample_rate)
-            return torch.from_numpy(reader.read_clip_audio(starts, span, self.audio_samples))
+        ends = self.windowing.span_ends(start)
+        with VideoReader(seq.video.path, sample_rate=self.sample_rate, image_size=None) as reader:
+            audio = reader.clip_audio(ends - self.windowing.span + 1, ends, self.audio_window)
+        return torch.from_numpy(audio)
 
 
 class VideoFileDataset(Dataset):
-    """Consecutive sub-sequences covering one video file (for prediction; no labels).
+    """The sub-sequences covering one video file (for prediction; no labels).
 
     Items have the keys of :class:`AffWild2Dataset`; ``"frames"`` are the whole decoded frames
     resized/center-cropped to ``image_size`` (no face detection), ``"labels"`` are zeros and
-    ``"mask"`` is all False. Frames ``>= num_frames`` of the last item are padding (they repeat the
-    last frame).
+    ``"mask"`` is all False. With the default "strided" layout, frames ``>= num_frames`` of the last
+    item are padding (they repeat the last frame); with "tiled", clips past the end are blank.
+    ``audio_seconds`` (default: ``audio_samples`` at ``sample_rate``, else one clip span at this
+    video's frame rate) is the audio each clip gets, the same span of time at any frame rate.
+    `for_model` builds one that cuts clips as a trained model's config says.
 
     Raises:
         DataError: unreadable/truncated video, or no audio stream unless ``visual_only``.
@@ -286,6 +369,11 @@ class VideoFileDataset(Dataset):
         image_size: int = 112,
         visual_only: bool = False,
         audio_samples: int | None = None,
+        audio_seconds: float | None = None,
+        audio_anchor: str = "start",
+        dilation: int = 1,
+        layout: str = "strided",
+        label_frame: str = "all",
         num_targets: int = 2,
     ) -> None:
         self.path = Path(path)
@@ -293,9 +381,19 @@ class VideoFileDataset(Dataset):
         if not visual_only:
             require_audio(self.info)
         self.clip_frames, self.clips, self.num_targets = clip_frames, clips, num_targets
+        self.windowing = Windowing(clips, clip_frames, dilation, layout, label_frame)
         self.sample_rate, self.image_size, self.visual_only = sample_rate, image_size, visual_only
-        self.audio_samples = audio_samples or clip_audio_samples(clip_frames, self.info.fps, sample_rate)
-        self.starts = subsequence_starts(self.num_frames, clips * clip_frames, stride or clips * clip_frames)
+        self.audio_window = _audio_window(audio_seconds, audio_samples, sample_rate, audio_anchor, self.info.fps,
+                                          self.windowing.span)
+        self.audio_samples = self.audio_window.samples
+        self.starts = self.windowing.starts(self.num_frames, stride)
+
+    @classmethod
+    def for_model(cls, path: str | Path, config: Any, extra: dict[str, Any] | None = None, *,
+                  visual_only: bool = False, stride: int | None = None) -> VideoFileDataset:
+        """The dataset of ``path`` cut as ``config`` (a ``ModelConfig``) was trained on, see `dataset_options`."""
+        return cls(path, stride=stride, visual_only=visual_only, num_targets=config.targets.count,
+                   **dataset_options(config, extra))
 
     @property
     def num_frames(self) -> int:
@@ -316,20 +414,34 @@ class VideoFileDataset(Dataset):
 
     def __getitem__(self, item: int) -> dict[str, torch.Tensor | str | int]:
         start = self.starts[item]
-        total = self.clips * self.clip_frames
+        w, n = self.windowing, self.num_frames
+        shown = w.clip_frame_indices(start, n)
+        if w.layout == "strided":
+            shown = np.minimum(shown, n - 1)  # padding past the end repeats the last frame
+        wanted = shown[(shown >= 0) & (shown < n)]
+        images = np.zeros((shown.size, self.image_size, self.image_size, 3), dtype=np.uint8)
         with VideoReader(self.path, sample_rate=self.sample_rate, image_size=self.image_size) as reader:
-            clip = reader.read_clips(
-                start,
-                clips=self.clips,
-                clip_frames=self.clip_frames,
-                audio_samples=self.audio_samples,
-                visual_only=self.visual_only,
-            )
+            if len(wanted):
+                first, last = int(wanted.min()), int(wanted.max())
+                keep = set(wanted.tolist())
+                decoded = {first + i: image for i, (_, image) in enumerate(reader.iter_frames(first, last - first + 1))
+                           if first + i in keep}
+                for j, frame in enumerate(shown.reshape(-1)):
+                    if frame in decoded:
+                        images[j] = decoded[frame]
+            if self.visual_only:
+                audio = torch.zeros(self.clips, self.audio_samples)
+            else:
+                ends = w.span_ends(start)
+                audio = torch.from_numpy(reader.clip_audio(ends - w.span + 1, ends, self.audio_window))
+        rows = w.rows
+        _, _, frame_index = _labels(w, start, shown, np.zeros((n, self.num_targets), np.float32), np.zeros(n, bool))
         return {
-            "frames": clip["frames"],
-            "audio": clip["audio"],
-            "labels": torch.zeros(total, self.num_targets),
-            "mask": torch.zeros(total, dtype=torch.bool),
+            "frames": to_clips(images, self.clips, self.clip_frames),
+            "audio": audio,
+            "labels": torch.zeros(rows, self.num_targets),
+            "mask": torch.zeros(rows, dtype=torch.bool),
+            "frame_index": frame_index,
             "video": self.path.stem,
             "start_frame": start,
         }

@@ -58,9 +58,15 @@ def write_av_file(
                 video.height, video.width = image.shape[:2]
                 video.pix_fmt = "yuv420p"
                 video.time_base = 1 / rate
+                # One encoder thread: the automatic count follows the machine's cores, and the number of
+                # slices or frame threads changes the bitstream.
+                video.codec_context.thread_count = 1
                 if codec == "libx264":
-                    video.options = {"preset": "veryfast", "crf": "18"}
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+                    # cpu-independent: x264's CPU-specific 9-mode intra search (its AVX-512 version reads
+                    # uninitialised memory, so two encodes in one process could differ) is replaced by the
+                    # canonical search, which gives the same bits as x264 without assembly.
+                    video.options = {"preset": "veryfast", "crf": "18", "x264-params": "cpu-independent=1"}
+            frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(image), format="yuv420p")
             frame.pts = i if frame_pts is None else int(frame_pts[i])
             container.mux(video.encode(frame))
         if video is None:
@@ -74,6 +80,27 @@ def write_av_file(
                 chunk.sample_rate, chunk.pts = sample_rate, start
                 container.mux(sound.encode(chunk))
             container.mux(sound.encode())
+
+
+def rgb_to_yuv420p(image: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, 3] RGB (H, W even) to uint8 [H * 3 / 2, W] planar YUV 4:2:0, BT.601 limited range.
+
+    Done here in integer arithmetic rather than by libswscale, whose result depends on the CPU's
+    instruction set, so that the encoder sees the same pixels on every machine.
+    """
+    rgb = np.asarray(image, dtype=np.int32)
+    h, w = rgb.shape[:2]
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or h % 2 or w % 2:
+        raise ValueError(f"expected an [H, W, 3] image with even H and W, got shape {rgb.shape}")
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = ((66 * r + 129 * g + 25 * b + 128) >> 8) + 16
+    # Chroma of each 2x2 block from its mean colour (sum of four, hence the extra >> 2 below).
+    quad = rgb.reshape(h // 2, 2, w // 2, 2, 3).sum(axis=(1, 3))
+    r4, g4, b4 = quad[..., 0], quad[..., 1], quad[..., 2]
+    u = ((-38 * r4 - 74 * g4 + 112 * b4 + 512) >> 10) + 128
+    v = ((112 * r4 - 94 * g4 - 18 * b4 + 512) >> 10) + 128
+    planes = [y.reshape(-1), u.reshape(-1), v.reshape(-1)]
+    return np.clip(np.concatenate(planes), 0, 255).astype(np.uint8).reshape(h * 3 // 2, w)
 
 
 def _smooth_curve(rng: np.random.Generator, n: int, fps: float, max_hz: float) -> np.ndarray:
@@ -196,7 +223,7 @@ def generate_synthetic_dataset(
         "image_size": image_size,
         "sample_rate": sample_rate,
         "two_person": two_person,
-        "format": 1,
+        "format": 2,  # 2: encoded bit-exactly (cpu-independent x264, one thread, own RGB -> YUV)
     }
     marker = root / MARKER
     if marker.exists() and json.loads(marker.read_text()) == params:

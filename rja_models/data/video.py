@@ -43,7 +43,10 @@ class VideoInfo:
     has_audio: bool
 
     def frame_time(self, index: int) -> float:
-        """Time of frame ``index``; past the last frame, extrapolated at the nominal rate (padding)."""
+        """Time of frame ``index``; before the first or past the last frame (padding), extrapolated at
+        the nominal rate: frame ``num_frames`` is one frame interval after the last one."""
+        if index < 0:
+            return float(self.timestamps[0]) + index / self.fps
         if index < self.num_frames:
             return float(self.timestamps[index])
         return float(self.timestamps[-1]) + (index - self.num_frames + 1) / self.fps
@@ -126,8 +129,55 @@ def video_frame_timestamps(path: str | Path) -> torch.Tensor:
 
 
 def clip_audio_samples(clip_frames: int, fps: float, sample_rate: int) -> int:
-    """Samples of audio in one clip: ``round(clip_frames / fps * sample_rate)``."""
+    """Samples of audio in ``clip_frames`` frames' time: ``round(clip_frames / fps * sample_rate)``."""
     return round(clip_frames / fps * sample_rate)
+
+
+AUDIO_ANCHORS = ("start", "end")
+
+
+@dataclass(frozen=True)
+class AudioWindow:
+    """The audio that goes with a clip: ``seconds`` of it at ``sample_rate``, starting at the time of
+    the clip's first frame (``anchor="start"``) or ending at the time of its last frame (``"end"``,
+    the authors' per-clip files, cut from the audio track by the video's timestamps).
+
+    A duration, not a count of frames: a clip gets the same span of time at any frame rate, and the
+    same moment of a 15 fps and a 29.97 fps copy of a video gets the same samples.
+    """
+
+    seconds: float
+    sample_rate: int = 16000
+    anchor: str = "start"
+
+    def __post_init__(self) -> None:
+        if not self.seconds > 0 or self.sample_rate < 1:
+            raise ValueError(f"an audio window needs seconds > 0 and sample_rate >= 1, got {self}")
+        if self.anchor not in AUDIO_ANCHORS:
+            raise ValueError(f"anchor must be one of {AUDIO_ANCHORS}, got {self.anchor!r}")
+
+    @property
+    def samples(self) -> int:
+        """Samples per clip (``S``)."""
+        return max(1, round(self.seconds * self.sample_rate))
+
+    def start_time(self, first: float, last: float) -> float:
+        """Time of the first sample for a clip whose first and last frames are at ``first`` and ``last``."""
+        return first if self.anchor == "start" else last - self.samples / self.sample_rate
+
+    @classmethod
+    def from_config(cls, config: object, extra: dict | None = None) -> AudioWindow | None:
+        """The window a ``ModelConfig`` was trained with: its ``audio_seconds`` and ``audio_anchor``;
+        for a checkpoint from before those existed, its ``extra["data"]["audio_samples"]`` at the
+        config's sample rate. None when neither says (the dataset then takes one clip span at the
+        data's usual frame rate)."""
+        seconds = float(getattr(config, "audio_seconds", 0.0) or 0.0)
+        samples = ((extra or {}).get("data") or {}).get("audio_samples")
+        if not seconds and samples:
+            seconds = samples / config.sample_rate
+        if not seconds:
+            return None
+        return cls(seconds, config.sample_rate, getattr(config, "audio_anchor", "start"))
 
 
 def fit_image(image: Image.Image, size: int | None) -> np.ndarray:
@@ -269,21 +319,31 @@ class VideoReader:
             place(resampler.resample(None))
         return out
 
-    def read_clip_audio(self, starts: Sequence[float], span_samples: int, audio_samples: int) -> np.ndarray:
-        """float32 [len(starts), audio_samples]: for each clip start time, the audio of its span.
-
-        The span is ``span_samples`` long (one clip's duration at this file's frame rate); it is
-        zero-padded or trimmed at its end to ``audio_samples`` so clips of files with different
-        frame rates batch together.
-        """
-        t0 = starts[0]
+    def read_clip_audio(self, starts: Sequence[float], samples: int) -> np.ndarray:
+        """float32 [len(starts), samples]: row ``l`` is the audio from time ``starts[l]`` on (one
+        decode for all rows; zeros only outside the audio track)."""
+        t0 = min(starts)
         offsets = [round((t - t0) * self.sample_rate) for t in starts]
-        buffer = self.read_audio(t0, offsets[-1] + span_samples)
-        out = np.zeros((len(starts), audio_samples), dtype=np.float32)
-        n = min(span_samples, audio_samples)
-        for row, offset in zip(out, offsets):
-            row[:n] = buffer[offset : offset + n]
-        return out
+        buffer = self.read_audio(t0, max(offsets) + samples)
+        return np.stack([buffer[offset : offset + samples] for offset in offsets]).astype(np.float32, copy=False)
+
+    def clip_audio(self, first_frames: Sequence[int], last_frames: Sequence[int], window: AudioWindow) -> np.ndarray:
+        """float32 [L, window.samples]: the audio of each clip, whose span runs from frame
+        ``first_frames[l]`` to ``last_frames[l]`` (indices may lie outside the video: their times are
+        extrapolated, see `VideoInfo.frame_time`). The one place clips get their audio, for
+        training, evaluation and prediction alike.
+
+        Raises:
+            DataError: no audio stream, or the audio cannot be decoded.
+            ValueError: the window's sample rate is not this reader's.
+        """
+        if window.sample_rate != self.sample_rate:
+            raise ValueError(f"audio window at {window.sample_rate} Hz, reader at {self.sample_rate} Hz")
+        info, sr = self.info, self.sample_rate
+        # On the sample grid: a clip's samples are then the same whichever read they are cut from.
+        starts = [round(window.start_time(info.frame_time(int(a)), info.frame_time(int(b))) * sr) / sr
+                  for a, b in zip(first_frames, last_frames)]
+        return self.read_clip_audio(starts, window.samples)
 
     def read_clips(
         self,
@@ -297,15 +357,15 @@ class VideoReader:
         """Read a sub-sequence of ``clips`` non-overlapping clips of ``clip_frames`` frames.
 
         Returns a dict with ``"frames"`` float32 [L, 3, F, H, W] in [0, 1]; ``"audio"`` float32
-        [L, S] (clip ``l``: the audio from its first frame's timestamp on, ``S = audio_samples``,
-        default ``round(F / fps * sample_rate)``; zeros when ``visual_only``); ``"timestamps"``
+        [L, S] (clip ``l``: ``S = audio_samples`` samples from its first frame's timestamp on, default
+        ``round(F / fps * sample_rate)``, the clip's duration; zeros when ``visual_only``); ``"timestamps"``
         float64 [L*F]; ``"valid"`` bool [L*F], False for padding past the end of the video (padded
         frames repeat the last frame).
         """
         info = self.info
         total = clips * clip_frames
-        span = clip_audio_samples(clip_frames, info.fps, self.sample_rate)
-        audio_samples = span if audio_samples is None else audio_samples
+        if audio_samples is None:
+            audio_samples = clip_audio_samples(clip_frames, info.fps, self.sample_rate)
         images = [image for _, image in self.iter_frames(start_frame, total)]
         if not images:
             raise DataError(self.path, f"start frame {start_frame} is past the last frame ({info.num_frames})")
@@ -316,8 +376,9 @@ class VideoReader:
         if visual_only:
             audio = torch.zeros(clips, audio_samples)
         else:
-            starts = times[::clip_frames]
-            audio = torch.from_numpy(self.read_clip_audio(starts, span, audio_samples))
+            firsts = [start_frame + c * clip_frames for c in range(clips)]
+            window = AudioWindow(audio_samples / self.sample_rate, self.sample_rate)
+            audio = torch.from_numpy(self.clip_audio(firsts, [f + clip_frames - 1 for f in firsts], window))
         return {
             "frames": to_clips(np.stack(images), clips, clip_frames),
             "audio": audio,

@@ -12,7 +12,14 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from rja_models.config import ModelConfig
-from rja_models.data import SPLIT_FOLDERS, AffWild2Dataset, DataError, FeatureDataset, generate_synthetic_dataset
+from rja_models.data import (
+    SPLIT_FOLDERS,
+    AffWild2Dataset,
+    DataError,
+    FeatureDataset,
+    dataset_options,
+    generate_synthetic_dataset,
+)
 from rja_models.training.distributed import DistContext, ShardSampler, barrier
 from rja_models.training.options import default_cache_dir, video_names
 
@@ -55,10 +62,20 @@ def feature_config(root: Path, config: ModelConfig) -> ModelConfig:
 
 
 def build_dataset(args: argparse.Namespace, root: Path, split: str, config: ModelConfig, *,
-                  stride: int | None = None, audio_samples: int | None = None, progress: bool = False) -> Dataset:
-    """The `split` dataset of sub-sequences of `config.clips` clips; `stride` in frames (None: no
-    overlap); `audio_samples` per clip (None: one clip's duration at the split's usual frame rate)."""
+                  stride: int | None = None, audio_samples: int | None = None, progress: bool = False,
+                  training: bool = False) -> Dataset:
+    """The `split` dataset of sub-sequences of `config.clips` clips, windowed as `config` says
+    (`rja_models.data.windows`); `stride` in frames (None: no overlap); `audio_samples` per clip for
+    checkpoints that stored no `audio_seconds` (None: one clip span at the split's usual frame rate);
+    `training`: the training set (the authors' tiled training windows, color jitter)."""
     wanted = video_names(args.videos)
+    if args.data == "features" and (config.window_layout, config.frame_dilation, config.label_frame) != (
+            "strided", 1, "all"):
+        raise SystemExit("error: --data features holds back-to-back clips of consecutive frames; "
+                         "--window-layout tiled, --frame-dilation and --label-frame last need raw clips")
+    if config.window_layout == "tiled" and stride is not None:
+        raise SystemExit("error: --train-stride is for --window-layout strided; the tiled layout places its "
+                         "windows itself (one frame apart in blocks, as the authors')")
     if args.data == "features":
         folder = root / split
         names = None if wanted is None else [v for v in wanted if (folder / f"{v}.pt").exists()]
@@ -69,10 +86,9 @@ def build_dataset(args: argparse.Namespace, root: Path, split: str, config: Mode
     if wanted is not None:
         folder = root / "VA_Estimation_Challenge" / SPLIT_FOLDERS[split]
         names = [v for v in wanted if (folder / f"{v}.txt").exists()]
-    dataset = AffWild2Dataset(root, split, clip_frames=config.clip_frames, clips=config.clips, stride=stride,
-                              sample_rate=config.sample_rate, image_size=config.image_size, videos=names,
-                              visual_only=not config.uses_audio, audio_samples=audio_samples,
-                              target_names=config.targets.names, progress=progress)
+    dataset = AffWild2Dataset(root, split, stride=stride, videos=names, visual_only=not config.uses_audio,
+                              audio_samples=audio_samples, training=training, color_jitter=config.color_jitter,
+                              target_names=config.targets.names, progress=progress, **dataset_options(config))
     return _non_empty(dataset, split, root, args.videos)
 
 
@@ -84,13 +100,14 @@ def _non_empty(dataset: Dataset, split: str, where: Path, videos: str | None) ->
     return dataset
 
 
-def train_loader(dataset: Dataset, batch_size: int, ctx: DistContext, seed: int, num_workers: int
-                 ) -> tuple[DataLoader, DistributedSampler]:
-    """Shuffled loader; the order of epoch e depends only on (seed, e) (`sampler.set_epoch(e)`), so a
-    resumed run sees the same batches. `batch_size` is global: each of W ranks loads batch_size / W."""
+def train_loader(dataset: Dataset, batch_size: int, ctx: DistContext, seed: int, num_workers: int,
+                 shuffle: bool = True) -> tuple[DataLoader, DistributedSampler]:
+    """Shuffled loader (or in order, `shuffle=False`, as the authors'); the order of epoch e depends only
+    on (seed, e) (`sampler.set_epoch(e)`), so a resumed run sees the same batches. `batch_size` is
+    global: each of W ranks loads batch_size / W."""
     if batch_size % ctx.world_size:
         raise SystemExit(f"error: --batch-size {batch_size} is not divisible by the {ctx.world_size} processes")
-    sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
+    sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=shuffle, seed=seed)
     loader = DataLoader(dataset, batch_size=batch_size // ctx.world_size, sampler=sampler, num_workers=num_workers,
                         pin_memory=ctx.device.type == "cuda")
     return loader, sampler

@@ -8,11 +8,16 @@ respect to the local predictions is the local slice of that loss's gradient; DDP
 parameter gradients over the W processes, so the local slice is scaled by W to turn the average
 into the sum. This makes training with W processes match one process with the same global batch
 for any loss, including CCC, which is not a mean over samples and so does not decompose per rank.
+
+BatchNorm is made global the same way (`data_parallel` converts it to `GlobalBatchNorm`): batch
+statistics and running statistics are over the global batch, so they too are one process's, and
+the running statistics, being updated identically, stay identical on every rank.
 """
 
 from __future__ import annotations
 
 import datetime
+import inspect
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,8 +25,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Sampler
+
+from rja_models.training.sync_batchnorm import GlobalBatchNorm
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,21 @@ def init_distributed(device_spec: str) -> DistContext:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=30),
                                 **({"device_id": device} if device.type == "cuda" else {}))
     return DistContext(rank, world, local_rank, device)
+
+
+def data_parallel(model: nn.Module, ctx: DistContext) -> nn.Module:
+    """`model` itself in one process; with W > 1, `model` with its BatchNorm layers made global (in
+    place, keeping parameters, buffers and state-dict keys) wrapped in DistributedDataParallel."""
+    if not ctx.distributed:
+        return model
+    GlobalBatchNorm.convert(model)
+    # No buffer broadcast before every forward (buffers are still broadcast once, at construction): global
+    # BatchNorm updates the running stats identically on every rank, and the end-of-training digest check
+    # would otherwise hide a desync. torch 2.13 renamed the option.
+    name = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters \
+        else "broadcast_buffers"
+    return DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None,
+                                   **{name: False})
 
 
 def shutdown_distributed() -> None:

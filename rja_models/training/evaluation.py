@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from rja_models.metrics import CCCAccumulator
+from rja_models.metrics import CCCAccumulator, postprocess
 from rja_models.training.data import model_inputs
 from rja_models.training.distributed import DistContext, all_gather_objects
 
@@ -55,6 +55,8 @@ def predict_windows(model: nn.Module, loader: Iterable[dict[str, Any]], device: 
             for i, video in enumerate(batch["video"]):
                 records.append({"video": str(video), "start_frame": int(batch["start_frame"][i]), "pred": pred[i],
                                 "labels": batch["labels"][i].numpy(), "mask": batch["mask"][i].numpy()})
+                if "frame_index" in batch:  # rows are not consecutive frames (dilated/tiled windows, last-frame labels)
+                    records[-1]["frames"] = batch["frame_index"][i].numpy()
     finally:
         model.train(was_training)
     return records
@@ -67,13 +69,15 @@ def video_series(records: Sequence[dict[str, Any]]) -> dict[str, VideoSeries]:
         by_video.setdefault(r["video"], []).append(r)
     out = {}
     for video, rows in sorted(by_video.items()):
-        length = max(r["start_frame"] + len(r["pred"]) for r in rows)
+        length = max(int(_row_frames(r).max()) + 1 for r in rows)
         targets = rows[0]["pred"].shape[-1]
         s = VideoSeries(np.zeros((length, targets), np.float32), np.zeros((length, targets), np.float32),
                         np.zeros(length, bool), np.zeros(length, bool))
         for r in rows:
-            span = slice(r["start_frame"], r["start_frame"] + len(r["pred"]))
-            s.pred[span], s.labels[span], s.mask[span], s.seen[span] = r["pred"], r["labels"], r["mask"], True
+            at = _row_frames(r)
+            keep = at >= 0  # the authors' first windows start before the video
+            at = at[keep]
+            s.pred[at], s.labels[at], s.mask[at], s.seen[at] = r["pred"][keep], r["labels"][keep], r["mask"][keep], True
         # Windows pad past the end of a video (mask False): trim after the last labelled frame, if any.
         labelled = np.flatnonzero(s.mask)
         end = int(labelled[-1]) + 1 if len(labelled) else length
@@ -81,18 +85,30 @@ def video_series(records: Sequence[dict[str, Any]]) -> dict[str, VideoSeries]:
     return out
 
 
+def _row_frames(record: dict[str, Any]) -> np.ndarray:
+    """The frame of each row of a window record: its "frames", else consecutive from "start_frame"."""
+    if "frames" in record:
+        return np.asarray(record["frames"], dtype=np.int64)
+    return record["start_frame"] + np.arange(len(record["pred"]), dtype=np.int64)
+
+
 def gather_series(ctx: DistContext, records: list[dict[str, Any]]) -> dict[str, VideoSeries]:
     """The series of the whole split, on every rank."""
     return video_series([r for part in all_gather_objects(ctx, records) for r in part])
 
 
-def ccc_report(series: dict[str, VideoSeries], names: Sequence[str]) -> dict[str, Any]:
-    """`{"overall": {target: CCC, "mean": ...}, "videos": {video: {...}}, "frames": n}` over valid frames."""
-    acc = CCCAccumulator(names)
+def ccc_report(series: dict[str, VideoSeries], names: Sequence[str], clip: tuple[float, float] = (-1.0, 1.0)
+               ) -> dict[str, Any]:
+    """`{"overall": {target: CCC, "mean": ...}, "videos": {video: {...}}, "frames": n, "postprocessed":
+    {"overall": ..., "videos": ...}}` over valid frames: the raw per-frame CCC, and the CCC after the
+    authors' post-processing (`rja_models.metrics.postprocess`: clipped to `clip`, smoothed per video)."""
+    acc, post = CCCAccumulator(names), CCCAccumulator(names)
     for video, s in series.items():
-        acc.update(torch.from_numpy(s.pred)[None], torch.from_numpy(s.labels)[None],
-                   torch.from_numpy(s.mask)[None], videos=[video])
-    return {"overall": acc.compute(), "videos": acc.compute_per_video(), "frames": acc.frames}
+        labels, mask = torch.from_numpy(s.labels)[None], torch.from_numpy(s.mask)[None]
+        acc.update(torch.from_numpy(s.pred)[None], labels, mask, videos=[video])
+        post.update(torch.from_numpy(postprocess(s.pred, names, *clip))[None], labels, mask, videos=[video])
+    return {"overall": acc.compute(), "videos": acc.compute_per_video(), "frames": acc.frames,
+            "postprocessed": {"overall": post.compute(), "videos": post.compute_per_video()}}
 
 
 def format_table(rows: dict[str, dict[str, float]], names: Sequence[str], first: str = "video") -> str:

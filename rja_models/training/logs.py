@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import warnings
@@ -39,7 +40,7 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # tensorboard is optional
-                pass
+                _note_no_tensorboard()
             else:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
@@ -52,10 +53,18 @@ class MetricsLog:
             step = entry["epoch"]
             self.writer.add_scalar("train/loss", entry["train_loss"], step)
             self.writer.add_scalar("train/lr", entry["lr"], step)
-            for key, value in entry["val"].items():
-                self.writer.add_scalar(f"val/ccc_{key}", value, step)
+            self.writer.add_scalar("val/loss", entry["val_loss"], step)
+            for split in ("train", "val"):
+                for key, value in entry[split].items():
+                    self.writer.add_scalar(f"{split}/ccc_{key}", value, step)
             self.writer.flush()
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+@functools.cache  # once per process, however many runs it makes (ablate trains one per variant)
+def _note_no_tensorboard() -> None:
+    print("note: TensorBoard is not installed, so no event files are written (metrics.jsonl has every value); "
+          "`pip install tensorboard` to get them, or pass --no-tensorboard to silence this", file=sys.stderr)

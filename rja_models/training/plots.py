@@ -15,28 +15,37 @@ from matplotlib.ticker import MaxNLocator
 
 
 def plot_learning_curves(history: Sequence[dict[str, Any]], names: Sequence[str], path: Path) -> None:
-    """Training loss and validation CCC (per target and mean) per epoch."""
+    """Training and validation loss, and validation CCC (per target and mean; training mean dotted), per epoch."""
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_ccc) = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o")
-    ax_loss.set(xlabel="epoch", ylabel="training loss", title="training loss")
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o", label="training")
+    if all("val_loss" in h for h in history):  # a run resumed from an older last.pt lacks it
+        ax_loss.plot(epochs, [h["val_loss"] for h in history], marker="o", label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_loss.legend()
     for key in [*names, "mean"]:
         ax_ccc.plot(epochs, [h["val"][key] for h in history], marker="o", label=key,
                     linestyle="--" if key == "mean" else "-")
-    ax_ccc.set(xlabel="epoch", ylabel="CCC", title="validation CCC")
+    if all("train" in h for h in history):
+        ax_ccc.plot(epochs, [h["train"]["mean"] for h in history], marker=".", linestyle=":", color="gray",
+                    label="mean (training)")
+    ax_ccc.set(xlabel="epoch", ylabel="CCC", title="CCC (validation; training mean dotted)")
     ax_ccc.legend()
     for ax in (ax_loss, ax_ccc):
         ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        # Whole epochs only, also for a single epoch (the locator's default wants two ticks, so falls back).
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
     _save(fig, path)
 
 
-def plot_series(videos: dict[str, dict[str, np.ndarray | None]], names: Sequence[str], path: Path,
-                xlabel: str = "frame") -> None:
+def plot_series(videos: dict[str, dict[str, Any]], names: Sequence[str], path: Path,
+                xlabel: str = "frame", ylim: tuple[float, float] = (-1.0, 1.0)) -> None:
     """One row per video, one column per target: predictions (and the labels, where given) over time.
 
     `videos[name]` holds `"x"` [N] (frame index or seconds), `"pred"` [N, T], and optionally
-    `"labels"` [N, T] with `"mask"` [N] (unlabelled frames are left out of the label curve).
+    `"labels"` [N, T] with `"mask"` [N] (unlabelled frames are left out of the label curve) and
+    `"ccc"` {target: CCC} (shown in the titles). `ylim` is the targets' range, fixed so that plots compare.
     """
     fig, axes = plt.subplots(len(videos), len(names), figsize=(5 * len(names), 2.4 * len(videos)),
                              squeeze=False, sharey=True)
@@ -46,8 +55,9 @@ def plot_series(videos: dict[str, dict[str, np.ndarray | None]], names: Sequence
                 truth = np.where(s["mask"], s["labels"][:, t], np.nan)
                 ax.plot(s["x"], truth, color="black", linewidth=1.2, label="true")
             ax.plot(s["x"], s["pred"][:, t], color="tab:red", linewidth=1.0, label="predicted")
-            ax.set_title(f"{video}: {name}", fontsize=9)
-            ax.set_xlabel(xlabel)
+            score = f" (CCC {s['ccc'][name]:.3f})" if s.get("ccc") else ""
+            ax.set_title(f"{video}: {name}{score}", fontsize=9)
+            ax.set(xlabel=xlabel, ylabel=name, ylim=ylim)
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     _save(fig, path)

@@ -1,5 +1,8 @@
-// Fused CPU kernel of the recursive joint attention operator (docs/SPEC.md): forward and
-// backward of all T iterations in one call, float32 and float64.
+// Fused CPU kernel of the JCA operator, rja::joint_cross_attention (docs/SPEC.md section 2):
+// forward and backward of all T iterations in one call, float32 and float64.
+//
+// The vector types, tanh, GEMM micro-kernel, threading and floating-point environment are those
+// of vec_math.h and common.h, shared with the paper's form (paper_cpu.cpp).
 //
 // Layout. Each modality m (audio: rows 0..da of J's columns, visual: da..d) is processed in row
 // blocks of kRows = 2 vectors of its feature dimension (the rows of P = x^T w_j, Ca, Z, H). For a
@@ -7,59 +10,46 @@
 //   P^T [L][rows], S^T = C^T [d][rows], Z^T [k][rows],
 // and every contraction is the outer-product micro-kernel of vec_math.h. Ca/Cv are produced one
 // d-chunk at a time (tanh applied in L1) and contracted with w_c at once; only a strip of kRows x d
-// (64 KiB for float32, d = 1024) per thread ever exists, never [B, dm, d].
-#include "vec_math.h"
+// (128 KiB for float32 with AVX-512, d = 1024) per thread ever exists, never [B, dm, d].
+#include "common.h"
+#include "kernels.h"
 
-// torch's headers are not clean under this extension's -Wextra -Werror.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wunused-parameter"
 #include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
-#include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros_like.h>
-#include <torch/library.h>
 #pragma GCC diagnostic pop
 
 #include <algorithm>
 #include <array>
-#include <atomic>
 #include <cmath>
 #include <vector>
 
 namespace rja_cpu {
 namespace {
 
-// d-columns per chunk: a chunk of C^T (and of grad S^T) is 96 x kRows, 6 KiB in float32.
+// Rows of a feature block: two vectors, so a micro-kernel tile is (rows) x (2 vectors).
+template <typename T>
+constexpr int64_t kRows = 2 * kLanes<T>;
+// J and w_c are zero-padded to a multiple of this many d-columns (a micro-kernel height).
+constexpr int64_t kMr = 6;
+
+// The GEMM of vec_math.h with output columns in blocks of kRows (two vectors).
+template <typename T>
+void gemm_rows(int64_t M, int64_t n_col_blocks, int64_t K, const T* a, int64_t a_i, int64_t a_k, const T* b,
+               int64_t b_k, T* out, int64_t ld, bool accumulate) {
+  gemm<T>(M, 2 * n_col_blocks, K, a, a_i, a_k, b, b_k, out, ld, accumulate);
+}
+
+// d-columns per chunk: a chunk of C^T (and of grad S^T) is 96 x kRows, 12 KiB (AVX-512) in L1.
 constexpr int64_t kChunk = 96;
 // Row blocks whose grad J is summed locally before it is added to the sample's.
 constexpr int64_t kGroup = 8;
-// Least work (multiply-adds, or element copies) worth waking another thread for: small problems
-// run on one thread, as a barrier costs more than their work, above all on a loaded machine.
-constexpr int64_t kMinParallelWork = int64_t(1) << 20;
 // Backward: a batch smaller than this is split within samples; at most this many gradient groups.
 constexpr int64_t kMinTasks = 16;
 constexpr int64_t kMaxGroups = 32;
-
-int64_t grain_for(int64_t work_per_item) {
-  return std::max<int64_t>(1, kMinParallelWork / std::max<int64_t>(1, work_per_item));
-}
-
-// Runs worker(take) on up to `workers` intra-op threads; take() hands out 0, 1, ..., n-1, then -1.
-// Items go to whichever thread is free: a static split would wait for a thread that another
-// process slows down, the usual case on a shared machine. Callers make their results independent
-// of which thread takes which item.
-template <typename Worker>
-void dynamic_parallel(int64_t n, int64_t workers, const Worker& worker) {
-  if (n == 0) return;
-  std::atomic<int64_t> next{0};
-  const auto take = [&]() -> int64_t {
-    const int64_t i = next.fetch_add(1, std::memory_order_relaxed);
-    return i < n ? i : -1;
-  };
-  at::parallel_for(0, std::clamp<int64_t>(workers, 1, n), 1, [&](int64_t, int64_t) { worker(take); });
-}
 
 template <typename T>
 struct Dims {
@@ -89,7 +79,7 @@ struct ModalityWeights {
 template <typename T>
 struct Weights {
   std::array<const T*, 2> w_j, w_u, w_c, w_h;
-  std::vector<T> wc_kd, wc_dk;  // [2][tw][k][d6], [2][tw][d6][k]
+  Buffer<T> wc_kd, wc_dk;  // [2][tw][k][d6], [2][tw][d6][k]
 
   Weights(const Dims<T>& D, const std::array<at::Tensor, 8>& w) {
     for (int m = 0; m < 2; ++m) {
@@ -98,8 +88,8 @@ struct Weights {
       w_c[m] = w[4 + m].data_ptr<T>();
       w_h[m] = w[6 + m].data_ptr<T>();
     }
-    wc_kd.assign(2 * D.tw * D.k * D.d6, T(0));
-    wc_dk.assign(2 * D.tw * D.d6 * D.k, T(0));
+    wc_kd.reset(2 * D.tw * D.k * D.d6);
+    wc_dk.reset(2 * D.tw * D.d6 * D.k);
     for (int64_t s = 0; s < 2 * D.tw; ++s) {
       const T* src = w_c[s / D.tw] + (s % D.tw) * D.k * D.d;
       for (int64_t q = 0; q < D.k; ++q) {
@@ -121,17 +111,17 @@ struct Weights {
 // Per-thread scratch of one row block.
 template <typename T>
 struct Scratch {
-  std::vector<T> x, g, gx, pt, p, xt, zt, gzt, gz, ht, gpt, gp, c, gs, part, gjt;
+  Buffer<T> x, g, gx, pt, p, xt, zt, gzt, gz, ht, gpt, gp, c, gs, part, gjt;
   explicit Scratch(const Dims<T>& D) {
     const int64_t R = kRows<T>;
-    for (auto* v : {&x, &g, &gx, &pt, &gpt}) v->assign(D.L * R, T(0));
-    for (auto* v : {&zt, &gzt}) v->assign(D.k * R, T(0));
-    for (auto* v : {&p, &xt, &gp}) v->assign(R * D.lv, T(0));
-    for (auto* v : {&gz, &ht}) v->assign(R * D.kv, T(0));
-    c.assign(D.d6 * R, T(0));
-    part.assign(std::max(D.k, D.L) * R, T(0));
-    gjt.assign(D.d6 * D.lv, T(0));
-    gs.assign(kChunk * R, T(0));
+    for (auto* v : {&x, &g, &gx, &pt, &gpt}) v->reset(D.L * R);
+    for (auto* v : {&zt, &gzt}) v->reset(D.k * R);
+    for (auto* v : {&p, &xt, &gp}) v->reset(R * D.lv);
+    for (auto* v : {&gz, &ht}) v->reset(R * D.kv);
+    c.reset(D.d6 * R);
+    part.reset(std::max(D.k, D.L) * R);
+    gjt.reset(D.d6 * D.lv);
+    gs.reset(kChunk * R);
   }
 };
 
@@ -160,13 +150,6 @@ void transpose_block(const T* src, int64_t n, T* dst, int64_t ld) {
 }
 
 template <typename T>
-void add_to(T* acc, const T* x, int64_t n) {
-  for (int64_t i = 0; i < n; i += kLanes<T>) {
-    (Vec<T>::loadu(acc + i) + Vec<T>::loadu(x + i)).store(acc + i);
-  }
-}
-
-template <typename T>
 void tanh_scaled(T* x, int64_t n, T scale) {
   const Vec<T> s(scale);
   for (int64_t i = 0; i < n; i += kLanes<T>) vec_tanh<T>(Vec<T>::loadu(x + i) * s).store(x + i);
@@ -178,15 +161,15 @@ void tanh_scaled(T* x, int64_t n, T scale) {
 template <typename T>
 void attention_map(const Dims<T>& D, const ModalityWeights<T>& W, const T* J, Scratch<T>& s) {
   const int64_t L = D.L, R = kRows<T>;
-  gemm<T>(L, 1, L, W.w_j, 1, L, s.x.data(), R, s.pt.data(), R, false);
-  gemm<T>(D.k, 1, L, W.w_u, L, 1, s.x.data(), R, s.zt.data(), R, false);
+  gemm_rows<T>(L, 1, L, W.w_j, 1, L, s.x.data(), R, s.pt.data(), R, false);
+  gemm_rows<T>(D.k, 1, L, W.w_u, L, 1, s.x.data(), R, s.zt.data(), R, false);
   for (int64_t c0 = 0; c0 < D.d6; c0 += kChunk) {
     const int64_t cn = std::min(kChunk, D.d6 - c0);
     T* c = s.c.data() + c0 * R;
-    gemm<T>(cn, 1, L, J + c0 * L, L, 1, s.pt.data(), R, c, R, false);
+    gemm_rows<T>(cn, 1, L, J + c0 * L, L, 1, s.pt.data(), R, c, R, false);
     tanh_scaled(c, cn * R, D.scale);
     // Summed per chunk, then added: shorter rounding chains than one running sum over d.
-    gemm<T>(D.k, 1, cn, W.wc_dk + c0 * D.k, 1, D.k, c, R, s.part.data(), R, false);
+    gemm_rows<T>(D.k, 1, cn, W.wc_dk + c0 * D.k, 1, D.k, c, R, s.part.data(), R, false);
     add_to(s.zt.data(), s.part.data(), D.k * R);
   }
 }
@@ -201,25 +184,24 @@ void forward_block(const Dims<T>& D, const ModalityWeights<T>& W, const T* J, co
   for (int64_t i = 0; i < D.k * R; i += kLanes<T>) {
     Vec<T>::loadu(s.zt.data() + i).relu().store(s.zt.data() + i);
   }
-  std::copy(s.x.begin(), s.x.end(), s.gx.begin());
-  gemm<T>(D.L, 1, D.k, W.w_h, D.k, 1, s.zt.data(), R, s.gx.data(), R, true);
+  std::copy(s.x.data(), s.x.data() + s.x.size(), s.gx.data());
+  gemm_rows<T>(D.L, 1, D.k, W.w_h, D.k, 1, s.zt.data(), R, s.gx.data(), R, true);
   store_rows(s.gx.data(), dm, r0, nr, D.L, out);
 }
 
 // Weight-gradient accumulators for one modality (weights of one iteration).
 template <typename T>
 struct GradAcc {
-  std::vector<T> wc, wj, wu, wh;  // [d6][kv], [L][lv], [k][lv], [L][kv]
-  explicit GradAcc(const Dims<T>& D)
-      : wc(D.d6 * D.kv, T(0)), wj(D.L * D.lv, T(0)), wu(D.k * D.lv, T(0)), wh(D.L * D.kv, T(0)) {}
+  Buffer<T> wc, wj, wu, wh;  // [d6][kv], [L][lv], [k][lv], [L][kv]
+  explicit GradAcc(const Dims<T>& D) : wc(D.d6 * D.kv), wj(D.L * D.lv), wu(D.k * D.lv), wh(D.L * D.kv) {}
   void zero() {
-    for (auto* v : {&wc, &wj, &wu, &wh}) std::fill(v->begin(), v->end(), T(0));
+    for (auto* v : {&wc, &wj, &wu, &wh}) v->zero();
   }
   // this += o; o = 0
   void drain(GradAcc& o) {
     for (auto [dst, src] : {std::pair{&wc, &o.wc}, {&wj, &o.wj}, {&wu, &o.wu}, {&wh, &o.wh}}) {
-      add_to(dst->data(), src->data(), static_cast<int64_t>(dst->size()));
-      std::fill(src->begin(), src->end(), T(0));
+      add_to(dst->data(), src->data(), dst->size());
+      src->zero();
     }
   }
 };
@@ -237,11 +219,12 @@ void backward_block(const Dims<T>& D, const ModalityWeights<T>& W, const T* J, c
   load_rows(g, dm, r0, nr, L, s.g.data());
   attention_map(D, W, J, s);
 
-  // grad Z^T = (w_h^T g) * (Z > 0); H^T = relu(Z^T).
-  gemm<T>(k, 1, L, W.w_h, 1, k, s.g.data(), R, s.gzt.data(), R, false);
+  // grad Z^T = (w_h^T g) * (Z > 0), a mask that multiplies as the reference's (NaN stays NaN);
+  // H^T = relu(Z^T).
+  gemm_rows<T>(k, 1, L, W.w_h, 1, k, s.g.data(), R, s.gzt.data(), R, false);
   for (int64_t i = 0; i < k * R; i += V) {
     const Vec<T> z = Vec<T>::loadu(s.zt.data() + i);
-    Vec<T>::loadu(s.gzt.data() + i).where_positive(z).store(s.gzt.data() + i);
+    Vec<T>::loadu(s.gzt.data() + i).times_positive(z).store(s.gzt.data() + i);
     z.relu().store(s.zt.data() + i);
   }
   transpose_block(s.gzt.data(), k, s.gz.data(), D.kv);
@@ -250,54 +233,52 @@ void backward_block(const Dims<T>& D, const ModalityWeights<T>& W, const T* J, c
   transpose_block(s.x.data(), L, s.xt.data(), D.lv);
 
   // grad x = g + w_u^T grad Z^T (+ w_j grad P^T below).
-  std::copy(s.g.begin(), s.g.end(), s.gx.begin());
-  gemm<T>(L, 1, k, W.w_u, 1, L, s.gzt.data(), R, s.gx.data(), R, true);
+  std::copy(s.g.data(), s.g.data() + s.g.size(), s.gx.data());
+  gemm_rows<T>(L, 1, k, W.w_u, 1, L, s.gzt.data(), R, s.gx.data(), R, true);
 
-  std::fill(s.gpt.begin(), s.gpt.end(), T(0));
+  s.gpt.zero();
   const Vec<T> one(T(1)), scale(D.scale);
   for (int64_t c0 = 0; c0 < D.d6; c0 += kChunk) {
     const int64_t cn = std::min(kChunk, D.d6 - c0);
     const T* c = s.c.data() + c0 * R;
     T* gs = s.gs.data();
     // grad S^T = (w_c^T grad Z^T) * (1 - C^2) / sqrt(d)
-    gemm<T>(cn, 1, k, W.wc_kd + c0, 1, D.d6, s.gzt.data(), R, gs, R, false);
+    gemm_rows<T>(cn, 1, k, W.wc_kd + c0, 1, D.d6, s.gzt.data(), R, gs, R, false);
     for (int64_t i = 0; i < cn * R; i += V) {
       const Vec<T> cv = Vec<T>::loadu(c + i);
       (Vec<T>::loadu(gs + i) * (one - cv * cv) * scale).store(gs + i);
     }
     // grad w_c^T[c, q] += sum_r C^T[c, r] grad Z[r, q]
-    gemm<T>(cn, D.kv / R, nr, c, R, 1, s.gz.data(), D.kv, acc.wc.data() + c0 * D.kv, D.kv, true);
+    gemm_rows<T>(cn, D.kv / R, nr, c, R, 1, s.gz.data(), D.kv, acc.wc.data() + c0 * D.kv, D.kv, true);
     // grad P^T[l, r] += sum_c J[l, c] grad S^T[c, r]
-    gemm<T>(L, 1, cn, J + c0 * L, 1, L, gs, R, s.part.data(), R, false);
+    gemm_rows<T>(L, 1, cn, J + c0 * L, 1, L, gs, R, s.part.data(), R, false);
     add_to(s.gpt.data(), s.part.data(), L * R);
     // grad J^T[c, l] += sum_r grad S^T[c, r] P[r, l]
-    gemm<T>(cn, D.lv / R, nr, gs, R, 1, s.p.data(), D.lv, gjt + c0 * D.lv, D.lv, true);
+    gemm_rows<T>(cn, D.lv / R, nr, gs, R, 1, s.p.data(), D.lv, gjt + c0 * D.lv, D.lv, true);
   }
-  gemm<T>(L, 1, L, W.w_j, L, 1, s.gpt.data(), R, s.gx.data(), R, true);
+  gemm_rows<T>(L, 1, L, W.w_j, L, 1, s.gpt.data(), R, s.gx.data(), R, true);
   store_rows(s.gx.data(), dm, r0, nr, L, gx_out);
 
   // Weight gradients, reductions over this block's rows r:
   // grad w_j[l', l] += sum_r x[l', r] grad P[r, l]; grad w_u[q, l] += sum_r grad Z[r, q] x[l, r];
   // grad w_h[l, q] += sum_r g[l, r] H[r, q].
   transpose_block(s.gpt.data(), L, s.gp.data(), D.lv);
-  gemm<T>(L, D.lv / R, nr, s.x.data(), R, 1, s.gp.data(), D.lv, acc.wj.data(), D.lv, true);
-  gemm<T>(k, D.lv / R, nr, s.gzt.data(), R, 1, s.xt.data(), D.lv, acc.wu.data(), D.lv, true);
-  gemm<T>(L, D.kv / R, nr, s.g.data(), R, 1, s.ht.data(), D.kv, acc.wh.data(), D.kv, true);
+  gemm_rows<T>(L, D.lv / R, nr, s.x.data(), R, 1, s.gp.data(), D.lv, acc.wj.data(), D.lv, true);
+  gemm_rows<T>(k, D.lv / R, nr, s.gzt.data(), R, 1, s.xt.data(), D.lv, acc.wu.data(), D.lv, true);
+  gemm_rows<T>(L, D.kv / R, nr, s.g.data(), R, 1, s.ht.data(), D.kv, acc.wh.data(), D.kv, true);
 }
 
 // J^T[b] = [xa[b] | xv[b] | 0]^T as [d6][L]: the micro-kernels broadcast from 6 consecutive
 // columns of J, contiguous in this layout (rows of J 4 KiB apart would alias in L1).
 template <typename T>
 void build_joint(const Dims<T>& D, const T* xa, const T* xv, T* J) {
-  at::parallel_for(0, D.batch, grain_for(D.L * D.d6), [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      T* jt = J + b * D.d6 * D.L;
-      for (int64_t l = 0; l < D.L; ++l) {
-        for (int64_t c = 0; c < D.da; ++c) jt[c * D.L + l] = xa[(b * D.L + l) * D.da + c];
-        for (int64_t c = 0; c < D.dv; ++c) jt[(D.da + c) * D.L + l] = xv[(b * D.L + l) * D.dv + c];
-      }
-      std::fill(jt + D.d * D.L, jt + D.d6 * D.L, T(0));
+  parallel_tasks(D.batch, D.batch * D.L * D.d6, [&](int64_t b) {
+    T* jt = J + b * D.d6 * D.L;
+    for (int64_t l = 0; l < D.L; ++l) {
+      for (int64_t c = 0; c < D.da; ++c) jt[c * D.L + l] = xa[(b * D.L + l) * D.da + c];
+      for (int64_t c = 0; c < D.dv; ++c) jt[(D.da + c) * D.L + l] = xv[(b * D.L + l) * D.dv + c];
     }
+    std::fill(jt + D.d * D.L, jt + D.d6 * D.L, T(0));
   });
 }
 
@@ -332,7 +313,7 @@ Unit unit_of(const Dims<T>& D, int64_t u) {
 template <typename T>
 void forward_impl(const Dims<T>& D, const Weights<T>& W, int64_t iterations, at::Tensor& xa_iters,
                   at::Tensor& xv_iters, at::Tensor& xa_out, at::Tensor& xv_out) {
-  std::vector<T> J(D.batch * D.L * D.d6);
+  Buffer<T> J(D.batch * D.L * D.d6);
   const int64_t U = D.units();
   for (int64_t t = 0; t < iterations; ++t) {
     const int64_t set = D.tw == 1 ? 0 : t;
@@ -344,40 +325,24 @@ void forward_impl(const Dims<T>& D, const Weights<T>& W, int64_t iterations, at:
     const std::array<ModalityWeights<T>, 2> mw = {W.get(D, 0, set), W.get(D, 1, set)};
     // Row blocks are independent within an iteration: parallel over (sample, row block).
     const int64_t units = D.batch * U, unit_work = kRows<T> * (D.d6 * (D.L + D.k) + 3 * D.L * D.k);
-    dynamic_parallel(units, units / grain_for(unit_work), [&](const auto& take) {
-      Scratch<T> s(D);
-      for (int64_t u; (u = take()) >= 0;) {
-        const int64_t b = u / U;
-        const Unit un = unit_of(D, u % U);
-        const int64_t dm = D.dm(un.m), sample = b * D.L * dm;
-        forward_block(D, mw[un.m], J.data() + b * D.d6 * D.L, x[un.m] + sample, dm, un.r0,
-                      out[un.m] + sample, s);
-      }
-    });
+    parallel_tasks(
+        units, units * unit_work, [&] { return Scratch<T>(D); },
+        [&](int64_t u, Scratch<T>& s) {
+          const int64_t b = u / U;
+          const Unit un = unit_of(D, u % U);
+          const int64_t dm = D.dm(un.m), sample = b * D.L * dm;
+          forward_block(D, mw[un.m], J.data() + b * D.d6 * D.L, x[un.m] + sample, dm, un.r0,
+                        out[un.m] + sample, s);
+        });
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cpu_forward(
-    const at::Tensor& xa_in, const at::Tensor& xv_in, const at::Tensor& w_ja,
-    const at::Tensor& w_jv, const at::Tensor& w_a, const at::Tensor& w_v, const at::Tensor& w_ca,
-    const at::Tensor& w_cv, const at::Tensor& w_ha, const at::Tensor& w_hv, int64_t iterations) {
-  TORCH_CHECK(iterations >= 1, "rja::cpu_forward: iterations must be >= 1");
-  const at::Tensor xa = xa_in.contiguous(), xv = xv_in.contiguous();
-  const std::array<at::Tensor, 8> w = {w_ja.contiguous(), w_jv.contiguous(), w_a.contiguous(),
-                                       w_v.contiguous(),  w_ca.contiguous(), w_cv.contiguous(),
-                                       w_ha.contiguous(), w_hv.contiguous()};
-  at::Tensor xa_iters = at::empty({iterations, xa.size(0), xa.size(1), xa.size(2)}, xa.options());
-  at::Tensor xv_iters = at::empty({iterations, xv.size(0), xv.size(1), xv.size(2)}, xv.options());
-  at::Tensor xa_out = at::empty_like(xa), xv_out = at::empty_like(xv);
-  xa_iters[0].copy_(xa);
-  xv_iters[0].copy_(xv);
-  AT_DISPATCH_FLOATING_TYPES(xa.scalar_type(), "rja_cpu_forward", [&] {
-    const Dims<scalar_t> D = make_dims<scalar_t>(xa, xv, w[2]);
-    const Weights<scalar_t> W(D, w);
-    forward_impl(D, W, iterations, xa_iters, xv_iters, xa_out, xv_out);
-  });
-  return {xa_out, xv_out, xa_iters, xv_iters};
-}
+template <typename T>
+struct BackwardState {
+  Scratch<T> s;
+  std::array<GradAcc<T>, 2> task_acc;
+  explicit BackwardState(const Dims<T>& D) : s(D), task_acc{GradAcc<T>(D), GradAcc<T>(D)} {}
+};
 
 template <typename T>
 void backward_impl(const Dims<T>& D, const Weights<T>& W, const at::Tensor& xa_iters,
@@ -392,7 +357,7 @@ void backward_impl(const Dims<T>& D, const Weights<T>& W, const at::Tensor& xa_i
   const int64_t tasks = D.batch * parts;
   const int64_t groups = std::min(tasks, kMaxGroups);
   const int64_t work = D.batch * U * kRows<T> * D.d6 * 3 * (D.L + D.k);
-  std::vector<T> J(D.batch * D.L * D.d6), gjt(tasks * D.d6 * D.lv);
+  Buffer<T> J(D.batch * D.L * D.d6), gjt(tasks * D.d6 * D.lv);
   std::vector<std::array<GradAcc<T>, 2>> acc;
   for (int64_t c = 0; c < groups; ++c) acc.push_back({GradAcc<T>(D), GradAcc<T>(D)});
   at::Tensor ga_next = at::empty_like(ga), gv_next = at::empty_like(gv);
@@ -403,46 +368,43 @@ void backward_impl(const Dims<T>& D, const Weights<T>& W, const at::Tensor& xa_i
     const std::array<const T*, 2> g = {ga.data_ptr<T>(), gv.data_ptr<T>()};
     const std::array<T*, 2> gx = {ga_next.data_ptr<T>(), gv_next.data_ptr<T>()};
     build_joint(D, x[0], x[1], J.data());
-    std::fill(gjt.begin(), gjt.end(), T(0));
+    gjt.zero();
     const std::array<ModalityWeights<T>, 2> mw = {W.get(D, 0, set), W.get(D, 1, set)};
     // Weight gradients are summed per task, then per group: shorter rounding chains.
-    dynamic_parallel(groups, work / kMinParallelWork, [&](const auto& take) {
-      Scratch<T> s(D);
-      std::array<GradAcc<T>, 2> task_acc = {GradAcc<T>(D), GradAcc<T>(D)};
-      for (int64_t c; (c = take()) >= 0;) {
-        acc[c][0].zero();
-        acc[c][1].zero();
-        for (int64_t task = c * tasks / groups; task < (c + 1) * tasks / groups; ++task) {
-          const int64_t b = task / parts, p = task % parts;
-          T* task_gjt = gjt.data() + task * D.d6 * D.lv;
-          const int64_t u0 = p * U / parts, u1 = (p + 1) * U / parts;
-          for (int64_t u = u0; u < u1; ++u) {
-            const Unit un = unit_of(D, u);
-            const int64_t dm = D.dm(un.m), sample = b * D.L * dm;
-            backward_block(D, mw[un.m], J.data() + b * D.d6 * D.L, x[un.m] + sample,
-                           g[un.m] + sample, dm, un.r0, gx[un.m] + sample, s.gjt.data(),
-                           task_acc[un.m], s);
-            // grad J summed over groups of row blocks, then added: shorter rounding chains.
-            if ((u - u0) % kGroup == kGroup - 1 || u + 1 == u1) {
-              add_to(task_gjt, s.gjt.data(), D.d6 * D.lv);
-              std::fill(s.gjt.begin(), s.gjt.end(), T(0));
+    parallel_tasks(
+        groups, work, [&] { return BackwardState<T>(D); },
+        [&](int64_t c, BackwardState<T>& st) {
+          Scratch<T>& s = st.s;
+          acc[c][0].zero();
+          acc[c][1].zero();
+          for (int64_t task = c * tasks / groups; task < (c + 1) * tasks / groups; ++task) {
+            const int64_t b = task / parts, p = task % parts;
+            T* task_gjt = gjt.data() + task * D.d6 * D.lv;
+            const int64_t u0 = p * U / parts, u1 = (p + 1) * U / parts;
+            for (int64_t u = u0; u < u1; ++u) {
+              const Unit un = unit_of(D, u);
+              const int64_t dm = D.dm(un.m), sample = b * D.L * dm;
+              backward_block(D, mw[un.m], J.data() + b * D.d6 * D.L, x[un.m] + sample,
+                             g[un.m] + sample, dm, un.r0, gx[un.m] + sample, s.gjt.data(),
+                             st.task_acc[un.m], s);
+              // grad J summed over groups of row blocks, then added: shorter rounding chains.
+              if ((u - u0) % kGroup == kGroup - 1 || u + 1 == u1) {
+                add_to(task_gjt, s.gjt.data(), D.d6 * D.lv);
+                s.gjt.zero();
+              }
             }
+            acc[c][0].drain(st.task_acc[0]);
+            acc[c][1].drain(st.task_acc[1]);
           }
-          acc[c][0].drain(task_acc[0]);
-          acc[c][1].drain(task_acc[1]);
-        }
-      }
-    });
+        });
     // grad x += grad J (transposed back from [d][L]), parts summed in order.
-    at::parallel_for(0, D.batch, grain_for(parts * D.L * D.d), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        for (int64_t l = 0; l < D.L; ++l) {
-          for (int64_t col = 0; col < D.d; ++col) {
-            T sum = T(0);
-            for (int64_t p = 0; p < parts; ++p) sum += gjt[((b * parts + p) * D.d6 + col) * D.lv + l];
-            const int m = col < D.da ? 0 : 1;
-            gx[m][(b * D.L + l) * D.dm(m) + col - D.offset(m)] += sum;
-          }
+    parallel_tasks(D.batch, D.batch * parts * D.L * D.d, [&](int64_t b) {
+      for (int64_t l = 0; l < D.L; ++l) {
+        for (int64_t col = 0; col < D.d; ++col) {
+          T sum = T(0);
+          for (int64_t p = 0; p < parts; ++p) sum += gjt[((b * parts + p) * D.d6 + col) * D.lv + l];
+          const int m = col < D.da ? 0 : 1;
+          gx[m][(b * D.L + l) * D.dm(m) + col - D.offset(m)] += sum;
         }
       }
     });
@@ -469,21 +431,49 @@ void backward_impl(const Dims<T>& D, const Weights<T>& W, const at::Tensor& xa_i
   }
 }
 
-std::vector<at::Tensor> cpu_backward(const at::Tensor& grad_xa, const at::Tensor& grad_xv,
-                                     const at::Tensor& xa_iters_in, const at::Tensor& xv_iters_in,
-                                     const at::Tensor& w_ja, const at::Tensor& w_jv,
-                                     const at::Tensor& w_a, const at::Tensor& w_v,
-                                     const at::Tensor& w_ca, const at::Tensor& w_cv,
-                                     const at::Tensor& w_ha, const at::Tensor& w_hv) {
+std::array<at::Tensor, 8> contiguous(const std::array<const at::Tensor*, 8>& w) {
+  std::array<at::Tensor, 8> c;
+  for (int i = 0; i < 8; ++i) c[i] = w[i]->contiguous();
+  return c;
+}
+
+}  // namespace
+
+Forward cpu_jca_forward(const at::Tensor& xa_in, const at::Tensor& xv_in, const at::Tensor& w_ja,
+                        const at::Tensor& w_jv, const at::Tensor& w_a, const at::Tensor& w_v,
+                        const at::Tensor& w_ca, const at::Tensor& w_cv, const at::Tensor& w_ha,
+                        const at::Tensor& w_hv, int64_t iterations) {
+  TORCH_CHECK(iterations >= 1, "rja::cpu_jca_forward: iterations must be >= 1");
+  const FlushDenormals ftz;
+  const at::Tensor xa = xa_in.contiguous(), xv = xv_in.contiguous();
+  const std::array<at::Tensor, 8> w = contiguous({&w_ja, &w_jv, &w_a, &w_v, &w_ca, &w_cv, &w_ha, &w_hv});
+  at::Tensor xa_iters = at::empty({iterations, xa.size(0), xa.size(1), xa.size(2)}, xa.options());
+  at::Tensor xv_iters = at::empty({iterations, xv.size(0), xv.size(1), xv.size(2)}, xv.options());
+  at::Tensor xa_out = at::empty_like(xa), xv_out = at::empty_like(xv);
+  xa_iters[0].copy_(xa);
+  xv_iters[0].copy_(xv);
+  AT_DISPATCH_FLOATING_TYPES(xa.scalar_type(), "rja_cpu_jca_forward", [&] {
+    const Dims<scalar_t> D = make_dims<scalar_t>(xa, xv, w[2]);
+    const Weights<scalar_t> W(D, w);
+    forward_impl(D, W, iterations, xa_iters, xv_iters, xa_out, xv_out);
+  });
+  return {xa_out, xv_out, xa_iters, xv_iters};
+}
+
+std::vector<at::Tensor> cpu_jca_backward(const at::Tensor& grad_xa, const at::Tensor& grad_xv,
+                                         const at::Tensor& xa_iters_in, const at::Tensor& xv_iters_in,
+                                         const at::Tensor& w_ja, const at::Tensor& w_jv,
+                                         const at::Tensor& w_a, const at::Tensor& w_v,
+                                         const at::Tensor& w_ca, const at::Tensor& w_cv,
+                                         const at::Tensor& w_ha, const at::Tensor& w_hv) {
+  const FlushDenormals ftz;
   const at::Tensor xa_iters = xa_iters_in.contiguous(), xv_iters = xv_iters_in.contiguous();
-  const std::array<at::Tensor, 8> w = {w_ja.contiguous(), w_jv.contiguous(), w_a.contiguous(),
-                                       w_v.contiguous(),  w_ca.contiguous(), w_cv.contiguous(),
-                                       w_ha.contiguous(), w_hv.contiguous()};
+  const std::array<at::Tensor, 8> w = contiguous({&w_ja, &w_jv, &w_a, &w_v, &w_ca, &w_cv, &w_ha, &w_hv});
   // Gradient buffers are overwritten iteration by iteration: work on fresh copies.
   at::Tensor ga = grad_xa.contiguous().clone(), gv = grad_xv.contiguous().clone();
   std::array<at::Tensor, 8> grad_w;
   for (int i = 0; i < 8; ++i) grad_w[i] = at::zeros_like(w[i]);
-  AT_DISPATCH_FLOATING_TYPES(xa_iters.scalar_type(), "rja_cpu_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(xa_iters.scalar_type(), "rja_cpu_jca_backward", [&] {
     const Dims<scalar_t> D = make_dims<scalar_t>(xa_iters[0], xv_iters[0], w[2]);
     const Weights<scalar_t> W(D, w);
     backward_impl(D, W, xa_iters, xv_iters, ga, gv, grad_w);
@@ -493,40 +483,4 @@ std::vector<at::Tensor> cpu_backward(const at::Tensor& grad_xa, const at::Tensor
   return grads;
 }
 
-// Test hook: the kernel's vectorised tanh applied elementwise (tail lanes through a padded copy).
-at::Tensor cpu_tanh(const at::Tensor& x_in) {
-  const at::Tensor x = x_in.contiguous();
-  at::Tensor y = at::empty_like(x);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rja_cpu_tanh", [&] {
-    using T = scalar_t;
-    const int64_t n = x.numel(), V = kLanes<T>;
-    const T* src = x.data_ptr<T>();
-    T* dst = y.data_ptr<T>();
-    for (int64_t i = 0; i < n; i += V) {
-      const int64_t count = std::min(V, n - i);
-      vec_tanh<T>(Vec<T>::loadu(src + i, count)).store(dst + i, count);
-    }
-  });
-  return y;
-}
-
-}  // namespace
 }  // namespace rja_cpu
-
-TORCH_LIBRARY_FRAGMENT(rja, m) {
-  m.def(
-      "cpu_forward(Tensor xa, Tensor xv, Tensor w_ja, Tensor w_jv, Tensor w_a, Tensor w_v, "
-      "Tensor w_ca, Tensor w_cv, Tensor w_ha, Tensor w_hv, int iterations) "
-      "-> (Tensor, Tensor, Tensor, Tensor)");
-  m.def(
-      "cpu_backward(Tensor grad_xa, Tensor grad_xv, Tensor xa_iters, Tensor xv_iters, "
-      "Tensor w_ja, Tensor w_jv, Tensor w_a, Tensor w_v, Tensor w_ca, Tensor w_cv, "
-      "Tensor w_ha, Tensor w_hv) -> Tensor[]");
-  m.def("cpu_tanh(Tensor x) -> Tensor");
-}
-
-TORCH_LIBRARY_IMPL(rja, CPU, m) {
-  m.impl("cpu_forward", &rja_cpu::cpu_forward);
-  m.impl("cpu_backward", &rja_cpu::cpu_backward);
-  m.impl("cpu_tanh", &rja_cpu::cpu_tanh);
-}

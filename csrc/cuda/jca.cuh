@@ -1,5 +1,5 @@
-// The fused kernels of the recursive joint attention operator (docs/SPEC.md), compiled by nvcc
-// for the GPU and by the host compiler against csrc/emu/emu.h for the CPU tests.
+// The fused kernels of the JCA form, `joint_cross_attention` (docs/SPEC.md section 2), compiled by
+// nvcc for the GPU and by the host compiler against csrc/emu/emu.h for the CPU tests.
 //
 // One thread block per batch element owns the whole sample, so all T iterations run in one launch:
 // the block writes iteration i's outputs to global memory (xa_iters/xv_iters[i + 1]) and
@@ -13,16 +13,10 @@
 // The backward pass runs the iterations in reverse in one launch and recomputes the C tiles.
 #pragma once
 
-#include "compat.cuh"
+#include "common.cuh"
 
 namespace rja {
-
-struct Dims {
-  int B, L, da, dv, k, T, Tw;
-  int R, E;  // rows of x^T and joint features per tile
-  float scale;
-  RJA_HOST_DEVICE int d() const { return da + dv; }
-};
+namespace jca {
 
 // Shared memory of one block, in floats. Strides k + 1 and E + 1 keep the column walks of the
 // Z and w_c tiles free of bank conflicts.
@@ -83,16 +77,6 @@ struct Tiles {
   }
 };
 
-// J = [xa | xv] of one sample at one iteration, [L, d].
-template <class K>
-struct Joint {
-  Ptr<const K> a, v;
-  int da, dv;
-  RJA_DEVICE float operator()(int l, int c) const {
-    return c < da ? to_float(a[l * da + c]) : to_float(v[l * dv + c - da]);
-  }
-};
-
 // One modality at one iteration: its features x [L, dm], which are columns [off, off + dm) of J
 // (and rows [off, off + dm) of the backward workspaces), and this iteration's weights.
 template <class K>
@@ -108,10 +92,10 @@ RJA_DEVICE Modality<K> modality(Ptr<const K> x, int dm, int off, const Ptr<const
   const int L = s.L, k = s.k;
   // w = {w_ja, w_jv, w_a, w_v, w_ca, w_cv, w_ha, w_hv}; first = 0 for audio, 1 for visual.
   return {x, dm, off,
-          slice(w[first], std::int64_t(wi) * L * L, L * L, "w_j[i]"),
-          slice(w[2 + first], std::int64_t(wi) * k * L, k * L, "w_u[i]"),
-          slice(w[4 + first], std::int64_t(wi) * k * s.d(), k * s.d(), "w_c[i]"),
-          slice(w[6 + first], std::int64_t(wi) * L * k, L * k, "w_h[i]")};
+          weight_slice(w[first], wi, L * L, "w_j[i]"),
+          weight_slice(w[2 + first], wi, std::int64_t(k) * L, "w_u[i]"),
+          weight_slice(w[4 + first], wi, std::int64_t(k) * s.d(), "w_c[i]"),
+          weight_slice(w[6 + first], wi, std::int64_t(L) * k, "w_h[i]")};
 }
 
 template <class K>
@@ -121,13 +105,9 @@ RJA_DEVICE void load_small_weights(const Modality<K>& m, const Tiles& t, const D
   RJA_BLOCK_LOOP(i, s.L * s.k) t.wh[i] = to_float(m.wh[i]);
 }
 
-// Stages the joint-feature tile J[:, col0 : col0 + cols].
 template <class K>
 RJA_DEVICE void load_joint_tile(const Joint<K>& J, const Tiles& t, const Dims& s, int col0, int cols) {
-  RJA_BLOCK_LOOP(i, s.L * cols) {
-    const int l = i / cols, e = i % cols;
-    t.Jt[l * s.E + e] = J(l, col0 + e);
-  }
+  stage_joint_tile(J, t.Jt, s.E, s.L, col0, cols);
 }
 
 template <class K>
@@ -138,14 +118,10 @@ RJA_DEVICE void load_wc_tile(const Modality<K>& m, const Tiles& t, const Dims& s
   }
 }
 
-// C = tanh(P J_tile * scale) for the staged P rows and J tile.
+// C = tanh(P J_tile * scale) for the staged P rows and J tile; in the backward also tanh' into gS.
+template <class K, bool kDerivative = false>
 RJA_DEVICE void tanh_tile(const Tiles& t, const Dims& s, int rows, int cols) {
-  RJA_BLOCK_LOOP(i, rows * cols) {
-    const int r = i / cols, e = i % cols;
-    float acc = 0.f;
-    for (int l = 0; l < s.L; ++l) acc += t.P[r * s.L + l] * t.Jt[l * s.E + e];
-    t.C[r * s.E + e] = tanhf(acc * s.scale);
-  }
+  correlation_tile<K, kDerivative>(t.P, t.Jt, s.E, t.C, s.E, rows, cols, s.L, s.scale, t.gS);
 }
 
 // Z of rows [row0, row0 + rows) of modality m, streaming over the joint features in tiles of E;
@@ -172,7 +148,7 @@ RJA_DEVICE void attention_rows(const Modality<K>& m, const Joint<K>& J, const Ti
     load_joint_tile(J, t, s, col0, cols);
     load_wc_tile(m, t, s, col0, cols);
     __syncthreads();
-    tanh_tile(t, s, rows, cols);
+    tanh_tile<K>(t, s, rows, cols);
     __syncthreads();
     RJA_BLOCK_LOOP(i, rows * k) {  // same (r, c) ownership as the initialisation above
       const int r = i / k, c = i % k;
@@ -221,7 +197,7 @@ __global__ void forward_kernel(ForwardArgs<K> a) {
   RJA_BLOCK_LOOP(i, int(nv)) a.xv_iters[b * nv + i] = a.xv[b * nv + i];
   __syncthreads();
   for (int it = 0; it < s.T; ++it) {
-    const int wi = s.Tw == 1 ? 0 : it;
+    const int wi = s.weight_set(it);
     const Ptr<const K> xa = slice(a.xa_iters, (it * B + b) * na, na, "xa_iters[i][b]");
     const Ptr<const K> xv = slice(a.xv_iters, (it * B + b) * nv, nv, "xv_iters[i][b]");
     const bool last = it + 1 == s.T;
@@ -324,14 +300,13 @@ RJA_DEVICE void backward_column_tile(const Modality<K>& m, const BackwardState& 
     RJA_BLOCK_LOOP(i, rows * L) t.P[i] = st.P[base * L + i];
     RJA_BLOCK_LOOP(i, rows * k) t.gZ[(i / k) * (k + 1) + i % k] = st.gZ[base * k + i];
     __syncthreads();
-    tanh_tile(t, s, rows, cols);
+    tanh_tile<K, true>(t, s, rows, cols);
     __syncthreads();
-    RJA_BLOCK_LOOP(i, rows * cols) {
+    RJA_BLOCK_LOOP(i, rows * cols) {  // gS = (gZ w_c) tanh' scale, tanh' staged in gS (same (r, e) owner)
       const int r = i / cols, e = i % cols;
       float acc = 0.f;
       for (int c = 0; c < k; ++c) acc += t.gZ[r * (k + 1) + c] * t.Wct[c * (E + 1) + e];
-      const float ce = t.C[r * E + e];
-      t.gS[r * E + e] = acc * (1.f - ce * ce) * s.scale;
+      t.gS[r * E + e] *= acc * s.scale;
     }
     __syncthreads();
     RJA_BLOCK_LOOP(i, k * cols) {
@@ -408,7 +383,7 @@ __global__ void backward_kernel(BackwardArgs<K> a) {
   }
   __syncthreads();
   for (int it = s.T - 1; it >= 0; --it) {
-    const int wi = s.Tw == 1 ? 0 : it;
+    const int wi = s.weight_set(it);
     for (int w = 0; w < 8; ++w) st.gw[w] = slice(a.grad_w[w], (b * s.Tw + wi) * sizes[w], sizes[w], "grad_w[b][i]");
     const Ptr<const K> xa = slice(a.xa_iters, (it * B + b) * na, na, "xa_iters[i][b]");
     const Ptr<const K> xv = slice(a.xv_iters, (it * B + b) * nv, nv, "xv_iters[i][b]");
@@ -444,4 +419,5 @@ __global__ void backward_kernel(BackwardArgs<K> a) {
   }
 }
 
+}  // namespace jca
 }  // namespace rja

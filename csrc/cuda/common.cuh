@@ -1,0 +1,155 @@
+// Device helpers shared by the kernels of both operators (jca.cuh: the JCA form, paper.cuh: the
+// paper's form; docs/SPEC.md): sizes, the joint features J, the correlation tile
+// C = tanh(P J / sqrt(d)) and the block-wide small matrix products.
+//
+// Conventions. Every helper is called by all threads of the block (uniform control flow); one that
+// contains a barrier says so. Shared tiles are row-major float with an explicit leading dimension
+// (row stride); a stride of cols + 1 makes a walk down a column touch 32 different banks.
+#pragma once
+
+#include "compat.cuh"
+
+namespace rja {
+
+struct Dims {
+  int B, L, da, dv;
+  int k;  // the JCA form's attention hidden size (0 for the paper's form)
+  int T, Tw;
+  int R, E;  // tile sizes: rows of x^T (rows of C) and joint features (columns of C) per tile
+  float scale;  // 1 / sqrt(d)
+  bool h_tanh, out_relu;  // the paper form's switches (SPEC section 1)
+  RJA_HOST_DEVICE int d() const { return da + dv; }
+  RJA_HOST_DEVICE int weight_set(int it) const { return Tw == 1 ? 0 : it; }
+};
+
+// Size of the tile starting at `start` of a dimension of size n cut in tiles of `tile`.
+RJA_HOST_DEVICE int tile_size(int n, int start, int tile) { return n - start < tile ? n - start : tile; }
+
+// tanh in float32. For 16-bit element types on sm_75+ the hardware tanh.approx.f32 (max relative
+// error about 2^-11, an ulp of float16 and well below one of bfloat16, whose inputs carry that
+// error already); float32 keeps the accurate tanhf, and the emulated build is exact for all.
+template <class K>
+RJA_DEVICE float tanh_of(float x) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750
+  if constexpr (sizeof(K) == 2) {
+    float y;
+    asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+  } else {
+    return tanhf(x);
+  }
+#else
+  return tanhf(x);
+#endif
+}
+
+// J = [xa | xv] of one sample at one iteration, [L, d].
+template <class K>
+struct Joint {
+  Ptr<const K> a, v;
+  int da, dv;
+  RJA_DEVICE float operator()(int l, int c) const {
+    return c < da ? to_float(a[l * da + c]) : to_float(v[l * dv + c - da]);
+  }
+};
+
+// One iteration's slice of a weight stacked [Tw, n].
+template <class K>
+RJA_DEVICE Ptr<const K> weight_slice(Ptr<const K> w, int set, std::int64_t n, const char* name) {
+  return slice(w, std::int64_t(set) * n, n, name);
+}
+
+// Jt[l, e] = J[l, col0 + e] for e < cols (row stride ld).
+template <class K>
+RJA_DEVICE void stage_joint_tile(const Joint<K>& J, Ptr<float> Jt, int ld, int L, int col0, int cols) {
+  RJA_BLOCK_LOOP(i, L * cols) {
+    const int l = i / cols, e = i % cols;
+    Jt[l * ld + e] = J(l, col0 + e);
+  }
+}
+
+// d tanh(x) / dx = 1 - tanh(x)^2 = 4 e / (1 + e)^2 with e = exp(-2 |x|): accurate to a few ulps
+// where tanh saturates, where 1 - t * t of the rounded t = tanh(x) cancels (|x| = 3: 1e-5 relative).
+RJA_DEVICE float tanh_derivative(float x) {
+  const float e = expf(-2.f * fabsf(x)), q = 1.f + e;
+  return 4.f * e / (q * q);
+}
+
+// C[r, e] = tanh(scale * sum_l P[r, l] Jt[l, e]) for r < rows, e < cols: a tile of the joint
+// correlation C = tanh(x^T w_j J / sqrt(d)) (SPEC Eq. 1, 2); P has row stride L. With kDerivative
+// also D[r, e] = tanh'(.) of the same element (D has C's row stride ldc).
+template <class K, bool kDerivative = false>
+RJA_DEVICE void correlation_tile(Ptr<const float> P, Ptr<const float> Jt, int ldj, Ptr<float> C, int ldc, int rows,
+                                 int cols, int L, float scale, Ptr<float> D = Ptr<float>()) {
+  RJA_BLOCK_LOOP(i, rows * cols) {
+    const int r = i / cols, e = i % cols;
+    float acc = 0.f;
+    for (int l = 0; l < L; ++l) acc += P[r * L + l] * Jt[l * ldj + e];
+    const float x = acc * scale;
+    C[r * ldc + e] = tanh_of<K>(x);
+    if constexpr (kDerivative) D[r * ldc + e] = tanh_derivative(x);
+  }
+}
+
+// Rows of a product computed together by one thread: each element of the right operand it loads
+// serves this many rows.
+constexpr int kRowGroup = 4;
+
+// out(l, c, sum_{k < K} a(l, k) * w[k * ldw + c]) for l < M, c < N, with w row-major in global
+// memory (its loads are coalesced along c) and a(l, k) a cheap read (shared memory, or global
+// memory that a warp reads at one address). Each (l, c) is visited by one thread, always the same
+// for the same M and N. No barrier.
+template <class W, class A, class Out>
+RJA_DEVICE void rows_times(int M, int N, int K, const A& a, Ptr<const W> w, std::int64_t ldw, const Out& out) {
+  const int groups = (M + kRowGroup - 1) / kRowGroup;
+  RJA_BLOCK_LOOP(i, groups * N) {
+    const int l0 = (i / N) * kRowGroup, c = i % N, rows = tile_size(M, l0, kRowGroup);
+    float acc[kRowGroup] = {};
+    for (int k = 0; k < K; ++k) {
+      const float wk = to_float(w[k * ldw + c]);
+      RJA_UNROLL
+      for (int j = 0; j < kRowGroup; ++j) {
+        if (j < rows) acc[j] += a(l0 + j, k) * wk;
+      }
+    }
+    for (int j = 0; j < rows; ++j) out(l0 + j, c, acc[j]);
+  }
+}
+
+// out(l, c, partial) for l < M, c < N, where the partials over chunks of k sum to
+// sum_{k < K} a(l, k) * w[c * ldw + k]: a product with the transpose of the row-major w. Chunks of
+// kc x nc elements of w are staged transposed in shared memory `scratch` ([kc, nc + 1]), loaded
+// coalesced along k, so out must accumulate. Each (l, c) is visited by one thread, always the same.
+// Starts with a barrier (a, and what out updates, must be complete) and ends with one (out is).
+template <class W, class A, class Out>
+RJA_DEVICE void rows_times_transposed(int M, int N, int K, const A& a, Ptr<const W> w, std::int64_t ldw,
+                                      Ptr<float> scratch, int kc, int nc, const Out& out) {
+  const int groups = (M + kRowGroup - 1) / kRowGroup;
+  for (int c0 = 0; c0 < N; c0 += nc) {
+    const int cols = tile_size(N, c0, nc);
+    for (int k0 = 0; k0 < K; k0 += kc) {
+      const int ks = tile_size(K, k0, kc);
+      __syncthreads();  // the previous chunk's readers are done
+      RJA_BLOCK_LOOP(i, cols * ks) {
+        const int cc = i / ks, kk = i % ks;
+        scratch[kk * (nc + 1) + cc] = to_float(w[(c0 + cc) * ldw + k0 + kk]);
+      }
+      __syncthreads();
+      RJA_BLOCK_LOOP(i, groups * cols) {
+        const int l0 = (i / cols) * kRowGroup, cc = i % cols, rows = tile_size(M, l0, kRowGroup);
+        float acc[kRowGroup] = {};
+        for (int kk = 0; kk < ks; ++kk) {
+          const float wk = scratch[kk * (nc + 1) + cc];
+          RJA_UNROLL
+          for (int j = 0; j < kRowGroup; ++j) {
+            if (j < rows) acc[j] += a(l0 + j, k0 + kk) * wk;
+          }
+        }
+        for (int j = 0; j < rows; ++j) out(l0 + j, c0 + cc, acc[j]);
+      }
+    }
+  }
+  __syncthreads();
+}
+
+}  // namespace rja

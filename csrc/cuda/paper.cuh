@@ -1,0 +1,389 @@
+// The fused kernels of the paper's form, `recursive_joint_attention` (docs/SPEC.md section 1),
+// compiled by nvcc for the GPU and by the host compiler against csrc/emu/emu.h for the CPU tests.
+//
+// One thread block per batch element owns the whole sample, so all T iterations run in one launch:
+// iteration i writes its outputs to global memory (xa_iters/xv_iters[i + 1]) and the block
+// synchronises before iteration i + 1 reads them as its joint features J. Per iteration and
+// modality m (features x [L, dm], columns [off, off + dm) of J):
+//   P = x^T w_j [dm, L] and Q = x w_c [L, dm]              fp32 per-sample workspace (L2-resident)
+//   for each tile of E joint features (columns of C):       J tile staged in shared memory
+//     for each tile of R rows of C:                         rows of P, columns of Q staged
+//       C = tanh(P_rows J_tile / sqrt(d))     [R, E]        shared memory only, never global
+//       G += Q[:, rows] C                     [L, E]        the whole contraction over dm
+//     H = relu(G)  (relu(tanh(G)) with h_tanh)
+//     U += H w_h[tile, :]                     [L, dm]       fp32 per-sample workspace
+//   out = x + U  (x + relu(U) with out_relu)
+// The backward runs the iterations in reverse in one launch, from the saved input features of each
+// iteration. Per column tile and modality it recomputes the G tile (first pass over the row tiles:
+// relu'(G) needs the whole contraction), then dG = (dU w_h[tile]^T) relu'(G), and in a second pass
+// over the row tiles (C recomputed, or kept in shared memory when one row tile holds all of dm)
+// dQ += dG C^T, dS = (Q^T dG) tanh'/sqrt(d), dP += dS J^T and dJ += P^T dS. With out_relu it
+// first recomputes U for the mask. dx = dU + dQ w_c^T + w_j dP^T + dJ feeds the iteration before.
+// The weight gradients are contractions over the batch: the kernel writes their per-sample
+// factors (H, dU, dQ, dP of every iteration, O(B L d T)) and the host reduces them with one
+// matrix product per weight (host.h): deterministic, and no per-block copy of the d x dm weights.
+#pragma once
+
+#include "common.cuh"
+
+namespace rja {
+namespace paper {
+
+// Shared memory of one block, in floats. Row strides E + 1 keep the column walks of the J, C and
+// dS tiles (dQ and dP loops) free of bank conflicts.
+struct SmemLayout {
+  int Jt, Pt, Qt, C, G;  // forward and backward
+  int gG, gJ, gS, W;     // backward only
+  int total;
+  RJA_HOST_DEVICE SmemLayout(const Dims& s, bool backward) {
+    const int L = s.L, R = s.R, E = s.E;
+    Jt = 0;
+    Pt = Jt + L * (E + 1);
+    Qt = Pt + R * L;
+    C = Qt + L * R;
+    G = C + R * (E + 1);
+    gG = G + L * E;
+    gJ = gG + L * E;
+    gS = gJ + L * E;
+    W = gS + R * (E + 1);
+    total = backward ? W + R * (E + 1) : gG;
+  }
+};
+
+struct Tiles {
+  Ptr<float> Jt;  // [L, E+1]  joint-feature tile J[:, col0 : col0 + cols]
+  Ptr<float> Pt;  // [R, L]    rows [row0, row0 + rows) of P = x^T w_j
+  Ptr<float> Qt;  // [L, R]    the same columns of Q = x w_c
+  Ptr<float> C;   // [R, E+1]  correlation tile
+  Ptr<float> G;   // [L, E]    G tile; then H (forward) or the derivative of H w.r.t. G (backward)
+  Ptr<float> gG;  // [L, E]    backward: gradient of the G tile
+  Ptr<float> gJ;  // [L, E]    backward: J gradient of the column tile, both modalities
+  Ptr<float> gS;  // [R, E+1]  backward: gradient of the pre-tanh tile
+  Ptr<float> W;   // [R, E+1]  backward: transposed weight chunks (rows_times_transposed)
+
+  RJA_DEVICE Tiles(Ptr<float> smem, const Dims& s, bool backward) {
+    const SmemLayout at(s, backward);
+    const int L = s.L, R = s.R, E = s.E;
+    Jt = slice(smem, at.Jt, L * (E + 1), "smem.Jt");
+    Pt = slice(smem, at.Pt, R * L, "smem.Pt");
+    Qt = slice(smem, at.Qt, L * R, "smem.Qt");
+    C = slice(smem, at.C, R * (E + 1), "smem.C");
+    G = slice(smem, at.G, L * E, "smem.G");
+    if (backward) {
+      gG = slice(smem, at.gG, L * E, "smem.gG");
+      gJ = slice(smem, at.gJ, L * E, "smem.gJ");
+      gS = slice(smem, at.gS, R * (E + 1), "smem.gS");
+      W = slice(smem, at.W, R * (E + 1), "smem.W");
+    }
+  }
+};
+
+// The fp32 per-sample workspace: P [d, L] (rows [off, off + dm) are modality m's) and Q [L, d]
+// (columns [off, off + dm)); the forward adds U [L, d], the backward the running gradient g [L, d].
+struct Work {
+  Ptr<float> P, Q, third;
+  RJA_HOST_DEVICE static std::int64_t floats(const Dims& s) { return 3 * std::int64_t(s.L) * s.d(); }
+  RJA_DEVICE Work(Ptr<float> all, std::int64_t b, const Dims& s) {
+    const std::int64_t ld = std::int64_t(s.L) * s.d();
+    const Ptr<float> mine = slice(all, b * floats(s), floats(s), "work[b]");
+    P = slice(mine, 0, ld, "work.P");
+    Q = slice(mine, ld, ld, "work.Q");
+    third = slice(mine, 2 * ld, ld, "work.U|g");
+  }
+};
+
+// One modality at one iteration: its features x [L, dm], columns [off, off + dm) of J, and this
+// iteration's weights.
+template <class K>
+struct Modality {
+  Ptr<const K> x;
+  int dm, off;
+  Ptr<const K> wj, wc, wh;  // [L, L], [dm, dm], [d, dm]
+};
+
+// m = 0 audio, 1 visual; w = {w_ja, w_jv, w_ca, w_cv, w_ha, w_hv}, each [Tw, ...].
+template <class K>
+RJA_DEVICE Modality<K> modality(Ptr<const K> x, int m, const Ptr<const K>* w, int set, const Dims& s) {
+  const int dm = m == 0 ? s.da : s.dv;
+  return {x, dm, m == 0 ? 0 : s.da, weight_slice(w[m], set, std::int64_t(s.L) * s.L, "w_j[i]"),
+          weight_slice(w[2 + m], set, std::int64_t(dm) * dm, "w_c[i]"),
+          weight_slice(w[4 + m], set, std::int64_t(s.d()) * dm, "w_h[i]")};
+}
+
+// relu that keeps NaN, as torch.relu does.
+RJA_DEVICE float relu(float v) { return v > 0.f || v != v ? v : 0.f; }
+
+// P rows [off, off + dm) and Q columns [off, off + dm) of modality m. No barrier.
+template <class K>
+RJA_DEVICE void projections(const Modality<K>& m, Ptr<float> P, Ptr<float> Q, const Dims& s) {
+  const int L = s.L, d = s.d(), dm = m.dm, off = m.off;
+  const Ptr<const K> x = m.x;
+  rows_times(dm, L, L, [&](int r, int lp) { return to_float(x[lp * dm + r]); }, m.wj, L,
+             [&](int r, int l, float v) { P[(off + r) * L + l] = v; });
+  rows_times(L, dm, dm, [&](int l, int r) { return to_float(x[l * dm + r]); }, m.wc, dm,
+             [&](int l, int c, float v) { Q[l * d + off + c] = v; });
+}
+
+// Stages rows [row0, row0 + rows) of modality m's P and the same columns of its Q.
+template <class K>
+RJA_DEVICE void stage_rows(const Modality<K>& m, Ptr<const float> P, Ptr<const float> Q, const Tiles& t,
+                           const Dims& s, int row0, int rows) {
+  const int L = s.L, R = s.R, d = s.d(), base = m.off + row0;
+  RJA_BLOCK_LOOP(i, rows * L) t.Pt[i] = P[base * L + i];
+  RJA_BLOCK_LOOP(i, L * rows) {
+    const int l = i / rows, r = i % rows;
+    t.Qt[l * R + r] = Q[l * d + base + r];
+  }
+}
+
+// The [L, cols] tile of G = (x w_c) C for the staged J tile, over all row tiles of m, with C
+// recomputed tile by tile. Barriers inside (the first orders the J tile, P and Q before their use);
+// at return the G tile is complete for the threads of the (l, e) loop over L * cols, and the last
+// row tile's P rows, Q columns and C (with kDerivative also tanh' of C's elements, in gS) are still
+// staged.
+template <class K, bool kDerivative = false>
+RJA_DEVICE void attention_tile(const Modality<K>& m, Ptr<const float> P, Ptr<const float> Q, const Tiles& t,
+                               const Dims& s, int cols) {
+  const int L = s.L, R = s.R, E = s.E;
+  RJA_BLOCK_LOOP(i, L * cols) t.G[(i / cols) * E + i % cols] = 0.f;
+  for (int row0 = 0; row0 < m.dm; row0 += R) {
+    const int rows = tile_size(m.dm, row0, R);
+    __syncthreads();  // the previous row tile's readers are done
+    stage_rows(m, P, Q, t, s, row0, rows);
+    __syncthreads();
+    correlation_tile<K, kDerivative>(t.Pt, t.Jt, E + 1, t.C, E + 1, rows, cols, L, s.scale, t.gS);
+    __syncthreads();
+    RJA_BLOCK_LOOP(i, L * cols) {  // same (l, e) ownership as the zeroing above
+      const int l = i / cols, e = i % cols;
+      float acc = 0.f;
+      for (int r = 0; r < rows; ++r) acc += t.Qt[l * R + r] * t.C[r * (E + 1) + e];
+      t.G[l * E + e] += acc;
+    }
+  }
+}
+
+// U [L, d] of one iteration (columns [off, off + dm) are modality m's), from P and Q. Barriers
+// inside; ends with one, so U is complete.
+template <class K>
+RJA_DEVICE void update_pass(const Modality<K>* mods, const Joint<K>& J, Ptr<const float> P, Ptr<const float> Q,
+                            Ptr<float> U, const Tiles& t, const Dims& s) {
+  const int L = s.L, d = s.d(), E = s.E;
+  RJA_BLOCK_LOOP(i, L * d) U[i] = 0.f;
+  for (int col0 = 0; col0 < d; col0 += E) {
+    const int cols = tile_size(d, col0, E);
+    __syncthreads();  // P, Q and U are complete; the previous tile's readers of J are done
+    stage_joint_tile(J, t.Jt, E + 1, L, col0, cols);
+    for (int mi = 0; mi < 2; ++mi) {
+      const Modality<K>& m = mods[mi];
+      attention_tile(m, P, Q, t, s, cols);
+      RJA_BLOCK_LOOP(i, L * cols) {  // H, in place of G
+        const int l = i / cols, e = i % cols;
+        const float g = t.G[l * E + e];
+        t.G[l * E + e] = relu(s.h_tanh ? tanh_of<K>(g) : g);
+      }
+      __syncthreads();
+      const int dm = m.dm, off = m.off;
+      rows_times(L, dm, cols, [&](int l, int e) { return t.G[l * E + e]; },
+                 slice(m.wh, std::int64_t(col0) * dm, std::int64_t(cols) * dm, "w_h[tile]"), dm,
+                 [&](int l, int c, float v) { U[l * d + off + c] += v; });
+      __syncthreads();  // H's readers are done before the next G tile
+    }
+  }
+}
+
+template <class K>
+struct ForwardArgs {
+  Ptr<const K> xa, xv;        // [B, L, da], [B, L, dv]
+  Ptr<const K> w[6];          // w_ja, w_jv, w_ca, w_cv, w_ha, w_hv, each [Tw, ...]
+  Ptr<K> xa_iters, xv_iters;  // [T, B, L, da|dv]: the input features of every iteration
+  Ptr<K> xa_out, xv_out;      // [B, L, da|dv]
+  Ptr<float> work;            // [B, Work::floats]
+  Dims s;
+};
+
+template <class K>
+__global__ void forward_kernel(ForwardArgs<K> a) {
+  RJA_DYNAMIC_SHARED(float, smem);
+  const Dims s = a.s;
+  const Tiles t(smem, s, false);
+  const int L = s.L, d = s.d();
+  const std::int64_t b = blockIdx.x, B = s.B, na = std::int64_t(L) * s.da, nv = std::int64_t(L) * s.dv;
+  const Work work(a.work, b, s);
+  RJA_BLOCK_LOOP(i, int(na)) a.xa_iters[b * na + i] = a.xa[b * na + i];
+  RJA_BLOCK_LOOP(i, int(nv)) a.xv_iters[b * nv + i] = a.xv[b * nv + i];
+  __syncthreads();
+  for (int it = 0; it < s.T; ++it) {
+    const int set = s.weight_set(it);
+    const Ptr<const K> xa = slice(a.xa_iters, (it * B + b) * na, na, "xa_iters[i][b]");
+    const Ptr<const K> xv = slice(a.xv_iters, (it * B + b) * nv, nv, "xv_iters[i][b]");
+    const bool last = it + 1 == s.T;
+    const Ptr<K> outs[2] = {
+        last ? slice(a.xa_out, b * na, na, "xa_out[b]") : slice(a.xa_iters, ((it + 1) * B + b) * na, na, "xa_iters[i+1][b]"),
+        last ? slice(a.xv_out, b * nv, nv, "xv_out[b]") : slice(a.xv_iters, ((it + 1) * B + b) * nv, nv, "xv_iters[i+1][b]")};
+    const Joint<K> J{xa, xv, s.da, s.dv};
+    const Modality<K> mods[2] = {modality(xa, 0, a.w, set, s), modality(xv, 1, a.w, set, s)};
+    for (int mi = 0; mi < 2; ++mi) projections(mods[mi], work.P, work.Q, s);
+    update_pass(mods, J, work.P, work.Q, work.third, t, s);
+    for (int mi = 0; mi < 2; ++mi) {  // out = x + U (x + relu(U)), coalesced along the features
+      const Modality<K>& m = mods[mi];
+      RJA_BLOCK_LOOP(i, L * m.dm) {
+        const int l = i / m.dm, c = i % m.dm;
+        const float u = work.third[l * d + m.off + c];
+        outs[mi][i] = from_float<K>(to_float(m.x[i]) + (s.out_relu ? relu(u) : u));
+      }
+    }
+    __syncthreads();  // iteration it + 1 reads what this one wrote
+  }
+}
+
+template <class K>
+struct BackwardArgs {
+  Ptr<const K> grad_xa, grad_xv;    // [B, L, da|dv]: gradients of the outputs
+  Ptr<const K> xa_iters, xv_iters;  // [T, B, L, da|dv]
+  Ptr<const K> w[6];                // [Tw, ...]
+  Ptr<K> grad_xa_in, grad_xv_in;    // [B, L, da|dv]
+  // Per-sample factors of the weight gradients, fp32, for every iteration:
+  Ptr<float> H;   // [2, T, B, L, d]  H of both modalities
+  Ptr<float> gU;  // [T, B, L, d]     gradient of U (columns [off, off + dm) are modality m's)
+  Ptr<float> gQ;  // [T, B, L, d]     gradient of Q
+  Ptr<float> gP;  // [T, B, d, L]     gradient of P (rows [off, off + dm))
+  Ptr<float> work;  // [B, Work::floats]: P, Q and the running gradient g
+  Dims s;
+};
+
+// One column tile [col0, col0 + cols) of modality m: the H tile and every gradient it feeds.
+// Barriers inside; ends with one.
+template <class K>
+RJA_DEVICE void backward_column_tile(const Modality<K>& m, Ptr<const float> P, Ptr<const float> Q, Ptr<float> H,
+                                     Ptr<const float> gU, Ptr<float> gQ, Ptr<float> gP, const Tiles& t,
+                                     const Dims& s, int col0, int cols) {
+  const int L = s.L, R = s.R, E = s.E, d = s.d(), dm = m.dm, off = m.off;
+  attention_tile<K, true>(m, P, Q, t, s, cols);
+  RJA_BLOCK_LOOP(i, L * cols) {  // H, and dH/dG in place of G (same (l, e) ownership)
+    const int l = i / cols, e = i % cols;
+    const float g = t.G[l * E + e];
+    const float act = s.h_tanh ? tanh_of<K>(g) : g;
+    H[l * d + col0 + e] = relu(act);
+    // Masks multiply, so a NaN stays NaN as in the reference.
+    t.G[l * E + e] = (act > 0.f ? 1.f : 0.f) * (s.h_tanh ? tanh_derivative(g) : 1.f);
+    t.gG[l * E + e] = 0.f;
+  }
+  // gG = gU_m w_h[tile]^T, then times dH/dG
+  rows_times_transposed(L, cols, dm, [&](int l, int c) { return gU[l * d + off + c]; },
+                        slice(m.wh, std::int64_t(col0) * dm, std::int64_t(cols) * dm, "w_h[tile]"), dm, t.W, R, E,
+                        [&](int l, int e, float v) { t.gG[l * E + e] += v; });
+  RJA_BLOCK_LOOP(i, L * cols) {
+    const int l = i / cols, e = i % cols;
+    t.gG[l * E + e] *= t.G[l * E + e];
+  }
+  for (int row0 = 0; row0 < dm; row0 += R) {
+    const int rows = tile_size(dm, row0, R), base = off + row0;
+    if (dm > R) {  // several row tiles: recompute this one's C and tanh' (one row tile is still staged)
+      __syncthreads();  // the previous row tile's readers of P, Q, C and gS are done
+      stage_rows(m, P, Q, t, s, row0, rows);
+      __syncthreads();
+      correlation_tile<K, true>(t.Pt, t.Jt, E + 1, t.C, E + 1, rows, cols, L, s.scale, t.gS);
+    }
+    __syncthreads();  // C, tanh' (in gS) and gG are complete
+    RJA_BLOCK_LOOP(i, rows * cols) {  // gS = (Q^T gG) tanh' / sqrt(d) (same (r, e) owner as tanh')
+      const int r = i / cols, e = i % cols;
+      float acc = 0.f;
+      for (int l = 0; l < L; ++l) acc += t.Qt[l * R + r] * t.gG[l * E + e];
+      t.gS[r * (E + 1) + e] *= acc * s.scale;
+    }
+    RJA_BLOCK_LOOP(i, L * rows) {  // gQ += gG C^T
+      const int l = i / rows, r = i % rows;
+      float acc = 0.f;
+      for (int e = 0; e < cols; ++e) acc += t.gG[l * E + e] * t.C[r * (E + 1) + e];
+      gQ[l * d + base + r] += acc;
+    }
+    __syncthreads();
+    RJA_BLOCK_LOOP(i, rows * L) {  // gP += gS J^T
+      const int r = i / L, l = i % L;
+      float acc = 0.f;
+      for (int e = 0; e < cols; ++e) acc += t.gS[r * (E + 1) + e] * t.Jt[l * (E + 1) + e];
+      gP[(base + r) * L + l] += acc;
+    }
+    RJA_BLOCK_LOOP(i, L * cols) {  // gJ += P^T gS
+      const int l = i / cols, e = i % cols;
+      float acc = 0.f;
+      for (int r = 0; r < rows; ++r) acc += t.Pt[r * L + l] * t.gS[r * (E + 1) + e];
+      t.gJ[l * E + e] += acc;
+    }
+  }
+  __syncthreads();
+}
+
+template <class K>
+__global__ void backward_kernel(BackwardArgs<K> a) {
+  RJA_DYNAMIC_SHARED(float, smem);
+  const Dims s = a.s;
+  const Tiles t(smem, s, true);
+  const int L = s.L, d = s.d(), E = s.E;
+  const std::int64_t b = blockIdx.x, B = s.B, na = std::int64_t(L) * s.da, nv = std::int64_t(L) * s.dv;
+  const std::int64_t ld = std::int64_t(L) * d;
+  const Work work(a.work, b, s);
+  const Ptr<float> g = work.third;  // gradient w.r.t. the current iteration's output, then input
+  RJA_BLOCK_LOOP(i, int(ld)) {
+    const int l = i / d, c = i % d;
+    g[i] = c < s.da ? to_float(a.grad_xa[b * na + l * s.da + c]) : to_float(a.grad_xv[b * nv + l * s.dv + c - s.da]);
+  }
+  for (int it = s.T - 1; it >= 0; --it) {
+    const int set = s.weight_set(it);
+    const std::int64_t slot = it * B + b;
+    const Ptr<const K> xa = slice(a.xa_iters, slot * na, na, "xa_iters[i][b]");
+    const Ptr<const K> xv = slice(a.xv_iters, slot * nv, nv, "xv_iters[i][b]");
+    const Joint<K> J{xa, xv, s.da, s.dv};
+    const Modality<K> mods[2] = {modality(xa, 0, a.w, set, s), modality(xv, 1, a.w, set, s)};
+    const Ptr<float> H[2] = {slice(a.H, slot * ld, ld, "H[a][i][b]"), slice(a.H, (s.T * B + slot) * ld, ld, "H[v][i][b]")};
+    const Ptr<float> gU = slice(a.gU, slot * ld, ld, "gU[i][b]");
+    const Ptr<float> gQ = slice(a.gQ, slot * ld, ld, "gQ[i][b]");
+    const Ptr<float> gP = slice(a.gP, slot * ld, ld, "gP[i][b]");
+    __syncthreads();  // g is complete; the previous iteration's readers of P and Q are done
+    for (int mi = 0; mi < 2; ++mi) projections(mods[mi], work.P, work.Q, s);
+    RJA_BLOCK_LOOP(i, int(ld)) {
+      gQ[i] = 0.f;
+      gP[i] = 0.f;
+    }
+    if (s.out_relu) {  // gU = g relu'(U): recompute this iteration's U first
+      update_pass(mods, J, work.P, work.Q, gU, t, s);
+      RJA_BLOCK_LOOP(i, int(ld)) gU[i] = g[i] * (gU[i] > 0.f ? 1.f : 0.f);
+    } else {
+      RJA_BLOCK_LOOP(i, int(ld)) gU[i] = g[i];
+    }
+    for (int col0 = 0; col0 < d; col0 += E) {
+      const int cols = tile_size(d, col0, E);
+      __syncthreads();  // P, Q, gU, gQ, gP are complete; the previous tile's readers of J are done
+      stage_joint_tile(J, t.Jt, E + 1, L, col0, cols);
+      RJA_BLOCK_LOOP(i, L * cols) t.gJ[(i / cols) * E + i % cols] = 0.f;
+      for (int mi = 0; mi < 2; ++mi) {
+        backward_column_tile(mods[mi], work.P, work.Q, H[mi], gU, gQ, gP, t, s, col0, cols);
+      }
+      RJA_BLOCK_LOOP(i, L * cols) {  // dx += dJ (same (l, e) ownership as the zeroing above)
+        const int l = i / cols, e = i % cols;
+        g[l * d + col0 + e] += t.gJ[l * E + e];
+      }
+    }
+    for (int mi = 0; mi < 2; ++mi) {  // dx += dQ w_c^T + w_j dP^T
+      const Modality<K>& m = mods[mi];
+      const int dm = m.dm, off = m.off;
+      const auto add_to_g = [&](int l, int c, float v) { g[l * d + off + c] += v; };
+      rows_times_transposed(L, dm, dm, [&](int l, int r) { return gQ[l * d + off + r]; }, m.wc, dm, t.W, s.R, E,
+                            add_to_g);
+      const Ptr<const float> gP_m = slice(gP, std::int64_t(off) * L, std::int64_t(dm) * L, "gP[m]");
+      rows_times_transposed(L, dm, L, [&](int l, int lp) { return to_float(m.wj[l * L + lp]); }, gP_m, L, t.W, s.R,
+                            E, add_to_g);
+    }
+  }
+  RJA_BLOCK_LOOP(i, int(ld)) {
+    const int l = i / d, c = i % d;
+    if (c < s.da) {
+      a.grad_xa_in[b * na + l * s.da + c] = from_float<K>(g[i]);
+    } else {
+      a.grad_xv_in[b * nv + l * s.dv + c - s.da] = from_float<K>(g[i]);
+    }
+  }
+}
+
+}  // namespace paper
+}  // namespace rja

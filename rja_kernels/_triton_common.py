@@ -1,0 +1,182 @@
+"""What the Triton kernels of both forms share (`_triton_paper` for the paper's form, `_triton_jca`
+for the JCA form): the interpreter switch, tanh, the dot and cast helpers, tile loads and copies,
+and the autotuning configurations.
+
+Imported lazily, at the first use of the Triton backend (`rja_kernels.triton_backend`), for two
+reasons: importing triton is slow, and `@triton.jit` reads `TRITON_INTERPRET` when a kernel is
+*defined*, so the choice between the CPU interpreter and GPU compilation is made here, at first use,
+not at package import.
+
+Why one program per sample (both forms). An iteration's `J = concat(xa, xv)` couples every row of
+both modalities, so a program can only start iteration `i + 1` once every row of iteration `i` is
+written, and the only barrier Triton offers is within a program (`tl.debug_barrier`, a CTA-wide
+`__syncthreads`, which also makes the CTA's global stores visible to its other threads). A
+grid-wide barrier between the programs of a sample would need co-resident programs spinning on
+atomics, which the interpreter (it runs programs one after the other) and an oversubscribed GPU
+would deadlock on. So each iteration's updated features go to the `xa_iters`/`xv_iters` output
+buffers in global memory (L2-resident: a sample is a few hundred KiB at most), the kernels'
+intermediates that a whole iteration needs go to per-program workspace buffers, and barriers
+separate the passes: `B` programs, one launch for all `T` iterations.
+
+Padding: `tl.dot` needs every dimension >= 16, so `L` is padded to `BL >= 16` and every load is
+masked with `other=0`. Zero padding is exact: padded rows/columns give `S = 0`, `C = tanh(0) = 0`
+and meet zero weights, so they add nothing; stores are masked.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRETED = bool(triton.knobs.runtime.interpret)
+# Two bfloat16 workarounds for the interpreter (numpy has no bfloat16): it keeps bf16 as raw
+# uint16 bits, so its tl.dot would multiply the bits as integers, and its fp32 -> bf16 cast
+# truncates. `_dot` upcasts bf16 operands to fp32 (exact: bf16 products fit in fp32, and tensor
+# cores accumulate in fp32 too) and `_cast` rounds to nearest even first, as the GPU cast does.
+_INTERPRETED = tl.constexpr(INTERPRETED)
+
+
+def device_fn(fn):
+    """`@triton.jit` for the kernels' device functions (the helpers the kernels call).
+
+    Under the interpreter every call of a jitted device function patches `triton.language` anew
+    (about a millisecond: most of the interpreter's time in these kernels' tile loops). The patch
+    the kernel's launch made is still in place during the call, so here the interpreter's rewritten
+    function is called directly. Compiled for the GPU it is plain `@triton.jit` (inlined)."""
+    jitted = triton.jit(fn)
+    rewrite = getattr(jitted, "rewrite", None)
+    if not INTERPRETED or rewrite is None:
+        return jitted
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        return rewrite()(*args, **kwargs)
+
+    return call
+
+
+def tile_configs(interpreted: dict[str, int], gpu: list[tuple[dict[str, int], int, int]]) -> list[triton.Config]:
+    """Autotuning candidates: on the GPU `(tiles, num_warps, num_stages)` each; in the interpreter one
+    config, since autotuning there would time Python, not the GPU.
+
+    Few GPU configs: each is compiled per dtype and padding of `L` at the first use of a shape, and
+    compiling dominates a first call (a GPU run of the tests spent most of its time there)."""
+    if INTERPRETED:
+        return [triton.Config(interpreted, num_warps=1)]
+    return [triton.Config(tiles, num_warps=w, num_stages=s) for tiles, w, s in gpu]
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """float32 follows torch's matmul setting: exact IEEE products unless the user allowed TF32."""
+    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return "ieee"
+
+
+def pad16(n: int) -> int:
+    """A block size for a dimension of size `n` that `tl.dot` accepts: a power of two, at least 16."""
+    return max(16, triton.next_power_of_2(n))
+
+
+@device_fn
+def arange(BLOCK: tl.constexpr):
+    """`tl.arange(0, BLOCK)`: int32 on the GPU; int64 under the interpreter, which checks every int32
+    operation for overflow (several interpreted ops each, most of the interpreter's time in the
+    index arithmetic). Offsets within a sample are far below 2^31 (the sample's base is int64)."""
+    r = tl.arange(0, BLOCK)
+    if _INTERPRETED:
+        r = r.to(tl.int64)
+    return r
+
+
+@device_fn
+def _tanh_parts(x):
+    # tanh(|x|) = (1 - e) / (1 + e) with e = exp(-2|x|) in (0, 1]: no overflow for large |x|.
+    # On GPUs tl.exp and `/` are the approximate (~2^-22 relative) hardware versions, so the
+    # absolute error is a few float32 ulps of 1 (not relative to tanh(x) near 0): fine for an
+    # operand of a float32 dot product, and cheaper than a series branch on an element-bound loop.
+    e = tl.exp(-2.0 * tl.abs(x))
+    r = 1.0 / (1.0 + e)
+    t = (1.0 - e) * r
+    return tl.where(x < 0, -t, t), e, r
+
+
+@device_fn
+def tanh(x):
+    t, _, _ = _tanh_parts(x)
+    return t
+
+
+@device_fn
+def tanh_and_grad(x):
+    """tanh(x) and its derivative 1 - tanh(x)^2 = 4e / (1 + e)^2, which unlike 1 - t * t keeps
+    its relative accuracy where tanh saturates (t rounds to 1 while the derivative is not 0)."""
+    t, e, r = _tanh_parts(x)
+    return t, 4.0 * e * r * r
+
+
+@device_fn
+def dot(a, b, acc, PREC: tl.constexpr):
+    """`tl.dot(a, b, acc)`, fp32 accumulation (also correct for bf16 under the interpreter)."""
+    if _INTERPRETED and a.dtype == tl.bfloat16:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=PREC)
+
+
+@device_fn
+def cast(x, dt: tl.constexpr):
+    """`x.to(dt)` with round-to-nearest-even also under the interpreter (see `_INTERPRETED`)."""
+    if _INTERPRETED and dt == tl.bfloat16:
+        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+        x = bits.to(tl.float32, bitcast=True)  # exactly representable: the truncating cast is exact
+    return x.to(dt)
+
+
+@device_fn
+def load_j_tile(ja, jv, offs_l, cols, L, DA, D):
+    """`J[:, cols]` of one sample as [BL, BD]: columns < DA from xa, the rest from xv."""
+    ml = offs_l[:, None] < L
+    in_a = cols[None, :] < DA
+    in_v = (cols[None, :] >= DA) & (cols[None, :] < D)
+    ta = tl.load(ja + offs_l[:, None] * DA + cols[None, :], mask=ml & in_a, other=0.0)
+    tv = tl.load(jv + offs_l[:, None] * (D - DA) + (cols[None, :] - DA), mask=ml & in_v, other=0.0)
+    return tl.where(in_a, ta, tv)
+
+
+@device_fn
+def acc_store(ptr, val, mask, accumulate):
+    """`*ptr = val`, or `*ptr += val` when `accumulate`."""
+    prev = tl.load(ptr, mask=mask & accumulate, other=0.0)
+    tl.store(ptr, prev + val, mask=mask)
+
+
+@device_fn
+def zero_rows(dst, L, D, BL: tl.constexpr, BD: tl.constexpr):
+    """dst[:L, :D] = 0 (fp32, row-major with D columns)."""
+    offs_l = arange(BL)
+    for c0 in range(0, D, BD):
+        cols = c0 + arange(BD)
+        tl.store(dst + offs_l[:, None] * D + cols[None, :], tl.zeros((BL, BD), tl.float32),
+                 mask=(offs_l[:, None] < L) & (cols[None, :] < D))
+
+
+@device_fn
+def copy_cols(src, dst, L, src_cols, dst_cols, col0_src, col0_dst, n, BL: tl.constexpr, BD: tl.constexpr):
+    """dst[:, col0_dst + j] = src[:, col0_src + j] for j < n, converting to dst's dtype."""
+    offs_l = arange(BL)
+    for c0 in range(0, n, BD):
+        cols = c0 + arange(BD)
+        m = (offs_l[:, None] < L) & (cols[None, :] < n)
+        v = tl.load(src + offs_l[:, None] * src_cols + col0_src + cols[None, :], mask=m)
+        tl.store(dst + offs_l[:, None] * dst_cols + col0_dst + cols[None, :], cast(v, dst.dtype.element_ty), mask=m)
+
+
+@device_fn
+def copy_rows(src, dst, L, DM, BL: tl.constexpr, BD: tl.constexpr):
+    """dst[:L, :DM] = src[:L, :DM] (both row-major with DM columns)."""
+    copy_cols(src, dst, L, DM, DM, 0, 0, DM, BL, BD)

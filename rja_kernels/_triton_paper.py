@@ -1,0 +1,458 @@
+"""Triton kernels of the paper's form, `recursive_joint_attention` (SPEC section 1): torch ops
+`rja::triton_paper_forward` and `rja::triton_paper_backward`. Imported lazily by
+`rja_kernels.triton_backend`; the shared helpers and why one program owns one sample (all `T`
+iterations in one launch) are in `rja_kernels._triton_common`.
+
+Per iteration and modality `m` (features `x [L, dm]`), `C = tanh(P @ J / sqrt(d))` with
+`P = x^T w_j` (`[dm, L]`, the queries) and `Q = x w_c` (`[L, dm]`). `G = Q @ C` contracts over
+`dm`, the rows of `C`, so the program takes `d` in column tiles of `BD` and, for each, streams over
+row tiles of `BM`: `S = P[rows] @ J[:, cols]`, `C = tanh(S)` (registers only), `G[:, cols] +=
+Q[:, rows] @ C`; the finished `[L, BD]` tile of `G` gets its ReLU (of tanh with `h_tanh`) and goes
+to the workspace as `H[:, cols]`. `C` is never written to memory. Then `U = H @ w_h` tile by tile
+of `dm` and `x' = x + U` (`relu(U)` with `out_relu`).
+
+Forward passes per iteration, separated by barriers: (1) `P`, `Q` of both modalities into the
+workspace (computed once, not per tile of `C`); (2) `H` of both; (3) the update into the next
+iteration's feature buffer.
+
+Backward, per iteration, last first, from the saved features `xa_i, xv_i` only:
+(1) `P`, `Q`; (2) rebuild `G` (first visit of every tile of `C`); (3) `dU = dx' * [U > 0]`
+(rebuilding `U` with `out_relu`); (4) `dG = (dU @ w_h^T) * relu'(A) [* tanh'(G)]` with the full
+`G` known; (5) second visit of every tile of `C`, now row tile outer and column tile inner:
+`dQ[:, rows] += dG[:, cols] @ C^T`, `dS = (Q^T dG) * tanh'(S) / sqrt(d)`, `dP[rows] += dS @ J^T`,
+`dJ[:, cols] += P^T dS` (into the fp32 gradient buffer of the iteration's input, shared by both
+modalities, as `dJ` is); then `dx += dx' + w_j @ dP^T`; (6) `dx += dQ @ w_c^T`.
+The weight gradients are sums over the batch of products the kernel already has (`dw_h = H^T dU`,
+`dw_c = x^T dQ`, `dw_j = x dP`): the kernel writes `H`, `dU`, `dQ`, `dP^T` of every iteration to
+`[T, B, L, *]` float32 buffers (the size of the features, `O(B·L·d·T)`) and one batched matmul per
+weight reduces them over `B·L` (and `T` for shared weights) after the launch: deterministic (no
+atomics), and far smaller than per-program partial weight gradients (`B·|w_h|` floats here).
+
+Workspaces: per program, in the input dtype, `P`, `Q` and `H` (forward) or `dG` (backward) of both
+modalities, rounded there as a matmul in that dtype rounds them; in float32, the rebuilt `G` and two
+`[L, d]` gradient buffers ping-ponged across iterations.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from torch.library import triton_op, wrap_triton
+
+from rja_kernels._triton_common import (
+    acc_store,
+    arange,
+    cast,
+    copy_cols,
+    copy_rows,
+    device_fn,
+    dot,
+    dot_precision,
+    load_j_tile,
+    pad16,
+    tanh,
+    tanh_and_grad,
+    tile_configs,
+    zero_rows,
+)
+
+# In the interpreter: tiles smaller than the tests' odd sizes, so every loop takes several trips and
+# a ragged last tile, yet few trips (each interpreted op is slow).
+_FWD_CONFIGS = tile_configs({"BM": 16, "BD": 32}, [
+    ({"BM": bm, "BD": bd}, w, 2) for bm, bd, w in ((32, 64, 4), (64, 64, 4), (64, 128, 8))])
+_BWD_CONFIGS = tile_configs({"BM": 16, "BD": 32}, [
+    ({"BM": bm, "BD": bd}, w, 1) for bm, bd, w in ((32, 64, 4), (64, 64, 8))])
+
+
+@device_fn
+def _act(g, H_TANH: tl.constexpr):
+    """The attention map's activation: relu(G), or relu(tanh(G))."""
+    if H_TANH:
+        g = tanh(g)
+    return tl.maximum(g, 0.0)
+
+
+@device_fn
+def _prep(x, w_j, w_c, p_dst, q_dst, L, DM, BL: tl.constexpr, BM: tl.constexpr, PREC: tl.constexpr):
+    """`P = x^T w_j` `[DM, L]` and `Q = x w_c` `[L, DM]` of one modality into the workspace."""
+    dt = x.dtype.element_ty
+    offs_l = arange(BL)
+    ml = offs_l < L
+    wj = tl.load(w_j + offs_l[:, None] * L + offs_l[None, :], mask=ml[:, None] & ml[None, :], other=0.0)
+    for r0 in range(0, DM, BM):
+        rows = r0 + arange(BM)
+        mr = rows < DM
+        xt = tl.load(x + offs_l[None, :] * DM + rows[:, None], mask=mr[:, None] & ml[None, :], other=0.0)
+        tl.store(p_dst + rows[:, None] * L + offs_l[None, :], cast(dot(xt, wj, None, PREC), dt),
+                 mask=mr[:, None] & ml[None, :])
+        q = tl.zeros((BL, BM), tl.float32)
+        for k0 in range(0, DM, BM):
+            ks = k0 + arange(BM)
+            mk = ks < DM
+            xk = tl.load(x + offs_l[:, None] * DM + ks[None, :], mask=ml[:, None] & mk[None, :], other=0.0)
+            wc = tl.load(w_c + ks[:, None] * DM + rows[None, :], mask=mk[:, None] & mr[None, :], other=0.0)
+            q = dot(xk, wc, q, PREC)
+        tl.store(q_dst + offs_l[:, None] * DM + rows[None, :], cast(q, dt), mask=ml[:, None] & mr[None, :])
+
+
+@device_fn
+def _attention_map(p_src, q_src, ja, jv, dst, L, DM, DA, D, scale,
+                   H_TANH: tl.constexpr, STORE_G: tl.constexpr,
+                   BL: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+    """`G = Q @ C` column tile by column tile, each streaming over row tiles of `C`, which are
+    rebuilt from `P` and `J` and never stored. Writes `H = act(G)` (input dtype, forward) or `G`
+    (float32, backward) to `dst [L, D]`."""
+    dt = ja.dtype.element_ty
+    offs_l = arange(BL)
+    ml = offs_l < L
+    for c0 in range(0, D, BD):
+        cols = c0 + arange(BD)
+        jt = load_j_tile(ja, jv, offs_l, cols, L, DA, D)
+        g = tl.zeros((BL, BD), tl.float32)
+        for r0 in range(0, DM, BM):
+            rows = r0 + arange(BM)
+            mr = rows < DM
+            p = tl.load(p_src + rows[:, None] * L + offs_l[None, :], mask=mr[:, None] & ml[None, :], other=0.0)
+            c = tanh(dot(p, jt, None, PREC) * scale)  # C[rows, cols], [BM, BD]
+            q = tl.load(q_src + offs_l[:, None] * DM + rows[None, :], mask=ml[:, None] & mr[None, :], other=0.0)
+            g = dot(q, cast(c, dt), g, PREC)
+        m = ml[:, None] & (cols[None, :] < D)
+        offs = offs_l[:, None] * D + cols[None, :]
+        if STORE_G:
+            tl.store(dst + offs, g, mask=m)
+        else:
+            tl.store(dst + offs, cast(_act(g, H_TANH), dt), mask=m)
+
+
+@device_fn
+def _h_tile(src, offs_l, cols, L, D, dt: tl.constexpr, FROM_G: tl.constexpr, H_TANH: tl.constexpr):
+    """`H[:, cols]` `[BL, BD]` in dtype `dt`, from the stored `H` or from the stored float32 `G`."""
+    m = (offs_l[:, None] < L) & (cols[None, :] < D)
+    h = tl.load(src + offs_l[:, None] * D + cols[None, :], mask=m, other=0.0)
+    if FROM_G:
+        h = cast(_act(h, H_TANH), dt)
+    return h
+
+
+@device_fn
+def _update_u(h_src, w_h, u0, L, DM, D, dt: tl.constexpr, FROM_G: tl.constexpr, H_TANH: tl.constexpr,
+              BL: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+    """`U[:, u0:u0+BM] = H @ w_h[:, u0:u0+BM]` (float32, `[BL, BM]`)."""
+    offs_l = arange(BL)
+    ucols = u0 + arange(BM)
+    mu = ucols < DM
+    acc = tl.zeros((BL, BM), tl.float32)
+    for c0 in range(0, D, BD):
+        cols = c0 + arange(BD)
+        h = _h_tile(h_src, offs_l, cols, L, D, dt, FROM_G, H_TANH)
+        wh = tl.load(w_h + cols[:, None] * DM + ucols[None, :], mask=(cols[:, None] < D) & mu[None, :], other=0.0)
+        acc = dot(h, wh, acc, PREC)
+    return acc
+
+
+@device_fn
+def _residual(h_src, w_h, x, dst, L, DM, D, OUT_RELU: tl.constexpr,
+              BL: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+    """`x' = x + U` (or `x + relu(U)`), `U = H @ w_h`, tile by tile of `DM`."""
+    dt = x.dtype.element_ty
+    offs_l = arange(BL)
+    for u0 in range(0, DM, BM):
+        ucols = u0 + arange(BM)
+        m = (offs_l[:, None] < L) & (ucols[None, :] < DM)
+        u = _update_u(h_src, w_h, u0, L, DM, D, dt, False, False, BL, BM, BD, PREC)
+        if OUT_RELU:
+            u = tl.maximum(u, 0.0)
+        offs = offs_l[:, None] * DM + ucols[None, :]
+        xm = tl.load(x + offs, mask=m, other=0.0)
+        tl.store(dst + offs, cast(xm.to(tl.float32) + u, dt), mask=m)
+
+
+@triton.autotune(configs=_FWD_CONFIGS, key=["L", "DA", "DV", "T"])
+@triton.jit(do_not_specialize=["B", "T", "W_PER_ITER"])
+def _paper_fwd_kernel(xa, xv, w_ja, w_jv, w_ca, w_cv, w_ha, w_hv, xa_out, xv_out, xa_it, xv_it, ws,
+                      B, T, W_PER_ITER, L, DA, DV, scale,
+                      H_TANH: tl.constexpr, OUT_RELU: tl.constexpr, BL: tl.constexpr, PREC: tl.constexpr,
+                      BM: tl.constexpr, BD: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    D = DA + DV
+    na = L * DA
+    nv = L * DV
+    # This program's workspace (input dtype): P_a, Q_a, P_v, Q_v, H_a, H_v.
+    p_a = ws + b * 4 * L * D
+    q_a = p_a + na
+    p_v = q_a + na
+    q_v = p_v + nv
+    h_a = q_v + nv
+    h_v = h_a + L * D
+    # Iteration 0's input is the operator's input: copy it into the saved-features buffer.
+    copy_rows(xa + b * na, xa_it + b * na, L, DA, BL, BD)
+    copy_rows(xv + b * nv, xv_it + b * nv, L, DV, BL, BD)
+    tl.debug_barrier()
+    for i in range(T):
+        src_a = xa_it + (i * B + b) * na
+        src_v = xv_it + (i * B + b) * nv
+        if i + 1 < T:
+            dst_a = xa_it + ((i + 1) * B + b) * na
+            dst_v = xv_it + ((i + 1) * B + b) * nv
+        else:
+            dst_a = xa_out + b * na
+            dst_v = xv_out + b * nv
+        wi = i * W_PER_ITER  # 0 when one weight set is shared by every iteration
+        _prep(src_a, w_ja + wi * L * L, w_ca + wi * DA * DA, p_a, q_a, L, DA, BL, BM, PREC)
+        _prep(src_v, w_jv + wi * L * L, w_cv + wi * DV * DV, p_v, q_v, L, DV, BL, BM, PREC)
+        tl.debug_barrier()
+        _attention_map(p_a, q_a, src_a, src_v, h_a, L, DA, DA, D, scale, H_TANH, False, BL, BM, BD, PREC)
+        _attention_map(p_v, q_v, src_a, src_v, h_v, L, DV, DA, D, scale, H_TANH, False, BL, BM, BD, PREC)
+        tl.debug_barrier()
+        _residual(h_a, w_ha + wi * D * DA, src_a, dst_a, L, DA, D, OUT_RELU, BL, BM, BD, PREC)
+        _residual(h_v, w_hv + wi * D * DV, src_v, dst_v, L, DV, D, OUT_RELU, BL, BM, BD, PREC)
+        # Iteration i + 1 reads every row iteration i wrote (J couples all of them).
+        tl.debug_barrier()
+
+
+@device_fn
+def _grad_u(g_src, w_h, g_cur, COL0, gu_dst, L, DM, D, H_TANH: tl.constexpr, OUT_RELU: tl.constexpr,
+            BL: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+    """`dU = dx'` (or `dx' * [U > 0]` with `out_relu`, rebuilding `U` from `G`) into `gu_dst [L, DM]`."""
+    dt = w_h.dtype.element_ty
+    offs_l = arange(BL)
+    for u0 in range(0, DM, BM):
+        ucols = u0 + arange(BM)
+        m = (offs_l[:, None] < L) & (ucols[None, :] < DM)
+        gu = tl.load(g_cur + offs_l[:, None] * D + COL0 + ucols[None, :], mask=m, other=0.0)
+        if OUT_RELU:
+            u = _update_u(g_src, w_h, u0, L, DM, D, dt, True, H_TANH, BL, BM, BD, PREC)
+            gu = gu * (u > 0).to(tl.float32)  # masks multiply: a NaN gradient stays NaN
+        tl.store(gu_dst + offs_l[:, None] * DM + ucols[None, :], gu, mask=m)
+
+
+@device_fn
+def _grad_g(g_src, w_h, gu_src, h_save, gg_dst, L, DM, D, H_TANH: tl.constexpr,
+            BL: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+    """`dG = (dU @ w_h^T) * relu'(A)` (times `tanh'(G)` with `h_tanh`, `A = tanh(G)`) into `gg_dst`
+    (input dtype), and `H = relu(A)` (float32) into `h_save` for the weight gradient `H^T dU`."""
+    dt = w_h.dtype.element_ty
+    offs_l = arange(BL)
+    ml = offs_l < L
+    for c0 in range(0, D, BD):
+        cols = c0 + arange(BD)
+        mc = cols < D
+        gh = tl.zeros((BL, BD), tl.float32)
+        for u0 in range(0, DM, BM):
+            ucols = u0 + arange(BM)
+            mu = ucols < DM
+            gu = tl.load(gu_src + offs_l[:, None] * DM + ucols[None, :], mask=ml[:, None] & mu[None, :], other=0.0)
+            wh_t = tl.load(w_h + cols[None, :] * DM + ucols[:, None], mask=mu[:, None] & mc[None, :], other=0.0)
+            gh = dot(cast(gu, dt), wh_t, gh, PREC)  # dH[:, cols]
+        m = ml[:, None] & mc[None, :]
+        offs = offs_l[:, None] * D + cols[None, :]
+        g = tl.load(g_src + offs, mask=m, other=0.0)
+        if H_TANH:
+            a, da = tanh_and_grad(g)
+            gg = gh * (a > 0).to(tl.float32) * da
+        else:
+            a = g
+            gg = gh * (a > 0).to(tl.float32)
+        tl.store(h_save + offs, tl.maximum(a, 0.0), mask=m)
+        tl.store(gg_dst + offs, cast(gg, dt), mask=m)
+
+
+@device_fn
+def _grad_c(p_src, q_src, gg_src, ja, jv, w_j, g_cur, g_next, COL0, gq_save, gp_save, L, DM, DA, D, scale,
+            BL: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+    """Second visit of every tile of `C` (row tile outer): `dQ`, `dP^T` (saved, float32), `dJ` and
+    the residual plus `w_j @ dP^T` part of `dx`, both added into `g_next [L, D]`."""
+    dt = ja.dtype.element_ty
+    offs_l = arange(BL)
+    ml = offs_l < L
+    wj = tl.load(w_j + offs_l[:, None] * L + offs_l[None, :], mask=ml[:, None] & ml[None, :], other=0.0)
+    for r0 in range(0, DM, BM):
+        rows = r0 + arange(BM)
+        mr = rows < DM
+        p = tl.load(p_src + rows[:, None] * L + offs_l[None, :], mask=mr[:, None] & ml[None, :], other=0.0)
+        q_t = tl.load(q_src + offs_l[None, :] * DM + rows[:, None], mask=mr[:, None] & ml[None, :], other=0.0)
+        gq = tl.zeros((BL, BM), tl.float32)
+        gp = tl.zeros((BM, BL), tl.float32)
+        for c0 in range(0, D, BD):
+            cols = c0 + arange(BD)
+            m = ml[:, None] & (cols[None, :] < D)
+            jt = load_j_tile(ja, jv, offs_l, cols, L, DA, D)
+            c, dc = tanh_and_grad(dot(p, jt, None, PREC) * scale)
+            gg = tl.load(gg_src + offs_l[:, None] * D + cols[None, :], mask=m, other=0.0)
+            gq = dot(gg, tl.trans(cast(c, dt)), gq, PREC)
+            gs = cast(dot(q_t, gg, None, PREC) * dc * scale, dt)  # dS [BM, BD]
+            gp = dot(gs, tl.trans(jt), gp, PREC)
+            acc_store(g_next + offs_l[:, None] * D + cols[None, :], dot(tl.trans(p), gs, None, PREC), m, True)
+            # The partial sums above are read back by the next row tile: make them visible.
+            tl.debug_barrier()
+        m = ml[:, None] & mr[None, :]
+        offs = offs_l[:, None] * DM + rows[None, :]
+        tl.store(gq_save + offs, gq, mask=m)
+        gp_t = tl.trans(gp)
+        tl.store(gp_save + offs, gp_t, mask=m)
+        gx = tl.load(g_cur + offs_l[:, None] * D + COL0 + rows[None, :], mask=m, other=0.0)
+        gx += dot(wj, cast(gp_t, dt), None, PREC)
+        acc_store(g_next + offs_l[:, None] * D + COL0 + rows[None, :], gx, m, True)
+        tl.debug_barrier()
+
+
+@device_fn
+def _grad_x_q(gq_src, w_c, g_next, COL0, L, DM, D, BL: tl.constexpr, BM: tl.constexpr, PREC: tl.constexpr):
+    """`dx += dQ @ w_c^T` into `g_next[:, COL0:COL0+DM]`."""
+    dt = w_c.dtype.element_ty
+    offs_l = arange(BL)
+    ml = offs_l < L
+    for r0 in range(0, DM, BM):
+        rows = r0 + arange(BM)
+        mr = rows < DM
+        acc = tl.zeros((BL, BM), tl.float32)
+        for k0 in range(0, DM, BM):
+            ks = k0 + arange(BM)
+            mk = ks < DM
+            gq = tl.load(gq_src + offs_l[:, None] * DM + ks[None, :], mask=ml[:, None] & mk[None, :], other=0.0)
+            wc_t = tl.load(w_c + rows[None, :] * DM + ks[:, None], mask=mk[:, None] & mr[None, :], other=0.0)
+            acc = dot(cast(gq, dt), wc_t, acc, PREC)
+        acc_store(g_next + offs_l[:, None] * D + COL0 + rows[None, :], acc, ml[:, None] & mr[None, :], True)
+
+
+@triton.autotune(configs=_BWD_CONFIGS, key=["L", "DA", "DV", "T"])
+@triton.jit(do_not_specialize=["B", "T", "TW"])
+def _paper_bwd_kernel(grad_xa, grad_xv, xa_it, xv_it, w_ja, w_jv, w_ca, w_cv, w_ha, w_hv, gxa, gxv, ws, fs,
+                      h_sa, h_sv, gu_sa, gu_sv, gq_sa, gq_sv, gp_sa, gp_sv,
+                      B, T, TW, L, DA, DV, scale,
+                      H_TANH: tl.constexpr, OUT_RELU: tl.constexpr, BL: tl.constexpr, PREC: tl.constexpr,
+                      BM: tl.constexpr, BD: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    D = DA + DV
+    na = L * DA
+    nv = L * DV
+    nd = L * D
+    # Workspaces of this program. Input dtype: P_a, Q_a, P_v, Q_v, dG_a, dG_v.
+    p_a = ws + b * 4 * nd
+    q_a = p_a + na
+    p_v = q_a + na
+    q_v = p_v + nv
+    gg_a = q_v + nv
+    gg_v = gg_a + nd
+    # float32: two [L, D] gradient buffers ping-ponged across iterations, then G_a, G_v.
+    g0 = fs + b * 4 * nd
+    g_a = g0 + 2 * nd
+    g_v = g_a + nd
+    copy_cols(grad_xa + b * na, g0, L, DA, D, 0, 0, DA, BL, BD)
+    copy_cols(grad_xv + b * nv, g0, L, DV, D, 0, DA, DV, BL, BD)
+    for t in range(T):
+        i = T - 1 - t  # last iteration first
+        g_cur = g0 + (t % 2) * nd
+        g_next = g0 + ((t + 1) % 2) * nd
+        zero_rows(g_next, L, D, BL, BD)
+        src_a = xa_it + (i * B + b) * na
+        src_v = xv_it + (i * B + b) * nv
+        wi = tl.where(TW == 1, 0, i)
+        wja = w_ja + wi * L * L
+        wjv = w_jv + wi * L * L
+        wca = w_ca + wi * DA * DA
+        wcv = w_cv + wi * DV * DV
+        wha = w_ha + wi * D * DA
+        whv = w_hv + wi * D * DV
+        # This iteration's slots of the saved products for the weight gradients.
+        s_d = (i * B + b) * nd
+        s_a = (i * B + b) * na
+        s_v = (i * B + b) * nv
+        _prep(src_a, wja, wca, p_a, q_a, L, DA, BL, BM, PREC)
+        _prep(src_v, wjv, wcv, p_v, q_v, L, DV, BL, BM, PREC)
+        tl.debug_barrier()
+        _attention_map(p_a, q_a, src_a, src_v, g_a, L, DA, DA, D, scale, H_TANH, True, BL, BM, BD, PREC)
+        _attention_map(p_v, q_v, src_a, src_v, g_v, L, DV, DA, D, scale, H_TANH, True, BL, BM, BD, PREC)
+        tl.debug_barrier()
+        _grad_u(g_a, wha, g_cur, 0, gu_sa + s_a, L, DA, D, H_TANH, OUT_RELU, BL, BM, BD, PREC)
+        _grad_u(g_v, whv, g_cur, DA, gu_sv + s_v, L, DV, D, H_TANH, OUT_RELU, BL, BM, BD, PREC)
+        tl.debug_barrier()
+        _grad_g(g_a, wha, gu_sa + s_a, h_sa + s_d, gg_a, L, DA, D, H_TANH, BL, BM, BD, PREC)
+        _grad_g(g_v, whv, gu_sv + s_v, h_sv + s_d, gg_v, L, DV, D, H_TANH, BL, BM, BD, PREC)
+        tl.debug_barrier()
+        _grad_c(p_a, q_a, gg_a, src_a, src_v, wja, g_cur, g_next, 0, gq_sa + s_a, gp_sa + s_a,
+                L, DA, DA, D, scale, BL, BM, BD, PREC)
+        _grad_c(p_v, q_v, gg_v, src_a, src_v, wjv, g_cur, g_next, DA, gq_sv + s_v, gp_sv + s_v,
+                L, DV, DA, D, scale, BL, BM, BD, PREC)
+        tl.debug_barrier()
+        _grad_x_q(gq_sa + s_a, wca, g_next, 0, L, DA, D, BL, BM, PREC)
+        _grad_x_q(gq_sv + s_v, wcv, g_next, DA, L, DV, D, BL, BM, PREC)
+        tl.debug_barrier()
+    g_fin = g0 + (T % 2) * nd
+    copy_cols(g_fin, gxa + b * na, L, D, DA, 0, 0, DA, BL, BD)
+    copy_cols(g_fin, gxv + b * nv, L, D, DV, DA, 0, DV, BL, BD)
+
+
+@triton_op("rja::triton_paper_forward", mutates_args=())
+def triton_paper_forward(
+    xa: Tensor, xv: Tensor, w_ja: Tensor, w_jv: Tensor, w_ca: Tensor, w_cv: Tensor, w_ha: Tensor, w_hv: Tensor,
+    iterations: int, h_tanh: bool, out_relu: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """All `iterations` of the paper's form in one launch; returns outputs and iteration inputs."""
+    xa, xv = xa.contiguous(), xv.contiguous()
+    weights = [w.contiguous() for w in (w_ja, w_jv, w_ca, w_cv, w_ha, w_hv)]
+    b, seq, da = xa.shape
+    dv = xv.shape[2]
+    tw = weights[0].shape[0]
+    xa_out, xv_out = torch.empty_like(xa), torch.empty_like(xv)
+    xa_it = xa.new_empty((iterations, b, seq, da))
+    xv_it = xv.new_empty((iterations, b, seq, dv))
+    if b > 0:
+        ws = xa.new_empty((b, 4 * seq * (da + dv)))
+        wrap_triton(_paper_fwd_kernel)[(b,)](
+            xa, xv, *weights, xa_out, xv_out, xa_it, xv_it, ws,
+            b, iterations, int(tw > 1), seq, da, dv, 1.0 / math.sqrt(da + dv),
+            H_TANH=h_tanh, OUT_RELU=out_relu, BL=pad16(seq), PREC=dot_precision(xa.dtype))
+    return xa_out, xv_out, xa_it, xv_it
+
+
+def _weight_grads(x: Tensor, grad_p_t: Tensor, grad_q: Tensor, h: Tensor, grad_u: Tensor, tw: int
+                  ) -> tuple[Tensor, Tensor, Tensor]:
+    """`dw_j = x dP`, `dw_c = x^T dQ`, `dw_h = H^T dU` of one modality, summed over the batch (and
+    over iterations when `tw == 1`), from the kernel's `[T, B, L, *]` float32 products."""
+    t, b, seq, dm = x.shape
+    x = x.float()
+    n = 1 if tw == 1 else t  # weight sets: iterations fold into the batch for shared weights
+    rows = t * b * seq // n  # explicit (not -1): B may be 0
+    gw_j = (x.reshape(t * b, seq, dm) @ grad_p_t.reshape(t * b, seq, dm).mT).reshape(n, t * b // n, seq, seq).sum(1)
+    gw_c = x.reshape(n, rows, dm).mT @ grad_q.reshape(n, rows, dm)
+    gw_h = h.reshape(n, rows, h.shape[-1]).mT @ grad_u.reshape(n, rows, dm)
+    return gw_j, gw_c, gw_h
+
+
+@triton_op("rja::triton_paper_backward", mutates_args=())
+def triton_paper_backward(
+    grad_xa: Tensor, grad_xv: Tensor, xa_iters: Tensor, xv_iters: Tensor,
+    w_ja: Tensor, w_jv: Tensor, w_ca: Tensor, w_cv: Tensor, w_ha: Tensor, w_hv: Tensor,
+    h_tanh: bool, out_relu: bool,
+) -> list[Tensor]:
+    """The whole backward in one launch, then one batched matmul per weight for its gradient."""
+    grad_xa, grad_xv = grad_xa.contiguous(), grad_xv.contiguous()
+    xa_iters, xv_iters = xa_iters.contiguous(), xv_iters.contiguous()
+    weights = [w.contiguous() for w in (w_ja, w_jv, w_ca, w_cv, w_ha, w_hv)]
+    t, b, seq, da = xa_iters.shape
+    dv = xv_iters.shape[3]
+    d = da + dv
+    tw = weights[0].shape[0]
+    gxa, gxv = torch.empty_like(grad_xa), torch.empty_like(grad_xv)
+    f32 = {"device": grad_xa.device, "dtype": torch.float32}
+    # H, dU, dQ, dP^T of every iteration, per modality (float32, [T, B, L, *]).
+    h_a, h_v = torch.empty((t, b, seq, d), **f32), torch.empty((t, b, seq, d), **f32)
+    saved_a = [torch.empty((t, b, seq, da), **f32) for _ in range(3)]  # dU, dQ, dP^T
+    saved_v = [torch.empty((t, b, seq, dv), **f32) for _ in range(3)]
+    if b > 0:
+        ws = grad_xa.new_empty((b, 4 * seq * d))
+        fs = torch.empty((b, 4 * seq * d), **f32)
+        wrap_triton(_paper_bwd_kernel)[(b,)](
+            grad_xa, grad_xv, xa_iters, xv_iters, *weights, gxa, gxv, ws, fs, h_a, h_v,
+            saved_a[0], saved_v[0], saved_a[1], saved_v[1], saved_a[2], saved_v[2],
+            b, t, tw, seq, da, dv, 1.0 / math.sqrt(d),
+            H_TANH=h_tanh, OUT_RELU=out_relu, BL=pad16(seq), PREC=dot_precision(grad_xa.dtype))
+    gw_ja, gw_ca, gw_ha = _weight_grads(xa_iters, saved_a[2], saved_a[1], h_a, saved_a[0], tw)
+    gw_jv, gw_cv, gw_hv = _weight_grads(xv_iters, saved_v[2], saved_v[1], h_v, saved_v[0], tw)
+    grads = (gw_ja, gw_jv, gw_ca, gw_cv, gw_ha, gw_hv)
+    return [gxa, gxv, *(g.to(w.dtype) for g, w in zip(grads, weights))]
