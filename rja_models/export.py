@@ -113,7 +113,9 @@ def export_module(model: RJAModel, part: str = "model") -> nn.Module:
 
 def default_audio_samples(config: ModelConfig, ckpt: dict[str, Any] | None = None) -> int:
     """Audio samples per clip: what training recorded in the checkpoint, else one clip at 30 fps."""
-    recorded = ((ckpt or {}).get("extra") or {}).get("data", {}).get("audio_samples")
+    extra = (ckpt or {}).get("extra")
+    data = extra.get("data") if isinstance(extra, dict) else None
+    recorded = data.get("audio_samples") if isinstance(data, dict) else None
     if isinstance(recorded, int) and recorded > 0:
         return recorded
     return clip_audio_samples(config.clip_frames, DEFAULT_FPS, config.sample_rate)
@@ -320,28 +322,24 @@ def export(model: RJAModel, path: Path | str, fmt: str, part: str = "model", *, 
 
 # ---- the command -------------------------------------------------------------------------------------
 
-def _format_of(text: str) -> str:
-    if text not in FORMATS:
-        raise argparse.ArgumentTypeError(f"invalid choice {text!r} (choose from {', '.join(FORMATS)})")
-    return text
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = command_parser(PROG, __doc__, usage="%(prog)s --checkpoint CKPT --out FILE [--format torch|onnx] "
                                                  "[options]")
-    parser.add_argument("--checkpoint", type=input_file, required=True, help="a checkpoint of rja_models.train")
-    parser.add_argument("--out", type=output_file, required=True, help="the file to write (.pt2 or .onnx)")
-    parser.add_argument("--format", type=_format_of, default=None,
+    parser.add_argument("--checkpoint", type=input_file, required=True, metavar="CKPT",
+                        help="a checkpoint of rja_models.train")
+    parser.add_argument("--out", type=output_file, required=True, metavar="FILE",
+                        help="the file to write (.pt2 or .onnx)")
+    parser.add_argument("--format", choices=FORMATS, default=None,
                         help="torch (torch.export program) or onnx (default: from --out's suffix, .pt2 or .onnx)")
     parser.add_argument("--part", choices=PARTS, default="model",
                         help="model: the whole model; fusion: its attention block alone (default: %(default)s)")
-    parser.add_argument("--example-batch", type=POSITIVE_INT, default=2,
+    parser.add_argument("--example-batch", type=POSITIVE_INT, default=2, metavar="N",
                         help="batch of the example inputs traced, >= 2; the exported batch is dynamic "
                              "(default: %(default)s)")
-    parser.add_argument("--audio-samples", type=POSITIVE_INT, default=None,
+    parser.add_argument("--audio-samples", type=POSITIVE_INT, default=None, metavar="S",
                         help="audio samples per clip S, fixed in the file (default: as the checkpoint was trained, "
                              f"else one clip at {DEFAULT_FPS:g} fps)")
-    parser.add_argument("--image-size", type=POSITIVE_INT, default=None,
+    parser.add_argument("--image-size", type=POSITIVE_INT, default=None, metavar="H",
                         help="frame height and width H = W, fixed in the file (default: the checkpoint's image size)")
     parser.add_argument("--device", type=device_name, default="cpu",
                         help="--format torch: the device the program is exported for (default: %(default)s)")

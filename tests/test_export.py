@@ -189,6 +189,14 @@ def test_features_model_exports_with_keyword_inputs(tmp_path):
         assert max(report.errors.values()) <= TOLERANCE
 
 
+def test_single_modality_model_takes_its_modality_only(tmp_path):
+    model = RJAModel(ModelConfig(use_backbones=False, fusion="audio", clips=3, da=8, dv=8, lstm_hidden=4,
+                                 head_hidden=4)).eval()
+    report = export(model, tmp_path / "a.pt2", "torch")
+    assert report.inputs == {"xa": ["B", 3, 8]} and report.op_nodes == {}
+    assert max(report.errors.values()) <= TOLERANCE
+
+
 def _has_onnx() -> bool:
     try:
         import onnxruntime  # noqa: F401
