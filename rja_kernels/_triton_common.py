@@ -104,8 +104,27 @@ def _tanh_parts(x):
     return tl.where(x < 0, -t, t), e, r
 
 
+def use_approx_tanh(interpreted: bool, capability: tuple[int, int] | None) -> bool:
+    """Whether `tanh` of 16-bit tiles uses the hardware `tanh.approx.f32` (sm_75+, compiled only;
+    the interpreter runs no PTX and keeps the exact path)."""
+    return not interpreted and capability is not None and capability >= (7, 5)
+
+
+# Fixed for the process by the device current at first use (as the interpreter switch is).
+_APPROX_TANH = tl.constexpr(use_approx_tanh(
+    INTERPRETED, torch.cuda.get_device_capability() if torch.cuda.is_available() else None))
+
+
 @device_fn
-def tanh(x):
+def tanh(x, dt: tl.constexpr):
+    """tanh of fp32 `x` for tiles of element type `dt`. For 16-bit `dt` on sm_75+ the special
+    function unit's tanh.approx.f32: one instruction instead of exp + reciprocal, max relative
+    error 2^-10.987 (PTX ISA, "Floating Point Instructions: tanh"), below half an ulp of bfloat16
+    and about one of float16, whose result is rounded to `dt` right after (low_precision_tolerance
+    on the GPU: tests/test_approx_tanh.py). float32 keeps the exp form (within a few ulps)."""
+    if _APPROX_TANH and dt.primitive_bitwidth == 16:
+        return tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
     t, _, _ = _tanh_parts(x)
     return t
 
@@ -125,6 +144,14 @@ def dot(a, b, acc, PREC: tl.constexpr):
         a = a.to(tl.float32)
         b = b.to(tl.float32)
     return tl.dot(a, b, acc, input_precision=PREC)
+
+
+@device_fn
+def dot_f32(a, b, acc, PREC: tl.constexpr):
+    """`dot` with both operands in fp32 (exact upcasts): for products with a gradient tile that was
+    accumulated in fp32. Rounding that tile to a 16-bit input dtype first put the Triton backward
+    of float16 at L = 1 four times past the rule where the CUDA kernel, fp32 throughout, was not."""
+    return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision=PREC)
 
 
 @device_fn

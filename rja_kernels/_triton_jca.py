@@ -69,7 +69,7 @@ def _fwd_modality(x, x_dst, ja, jv, w_j, w_u, w_c, w_h, L, DM, DA, D, K, scale,
         for c0 in range(0, D, BD):
             cols = c0 + arange(BD)
             jt = load_j_tile(ja, jv, offs_l, cols, L, DA, D)
-            c = tanh(dot(p, jt, None, PREC) * scale)
+            c = tanh(dot(p, jt, None, PREC) * scale, dt)
             wc_t = tl.load(w_c + offs_k[None, :] * D + cols[:, None],
                            mask=(cols[:, None] < D) & mk[None, :], other=0.0)  # w_c^T tile [BD, BK]
             z = dot(cast(c, dt), wc_t, z, PREC)
@@ -146,7 +146,7 @@ def _bwd_modality(x, ja, jv, g_cur, g_next, COL0, w_j, w_u, w_c, w_h, gw_j, gw_u
         for c0 in range(0, D, BD):
             cols = c0 + arange(BD)
             jt = load_j_tile(ja, jv, offs_l, cols, L, DA, D)
-            c = tanh(dot(p, jt, None, PREC) * scale)
+            c = tanh(dot(p, jt, None, PREC) * scale, dt)
             wc_t = tl.load(w_c + offs_k[None, :] * D + cols[:, None],
                            mask=(cols[:, None] < D) & mk[None, :], other=0.0)
             z = dot(cast(c, dt), wc_t, z, PREC)

@@ -28,9 +28,11 @@ The weight gradients are sums over the batch of products the kernel already has 
 weight reduces them over `B·L` (and `T` for shared weights) after the launch: deterministic (no
 atomics), and far smaller than per-program partial weight gradients (`B·|w_h|` floats here).
 
-Workspaces: per program, in the input dtype, `P`, `Q` and `H` (forward) or `dG` (backward) of both
-modalities, rounded there as a matmul in that dtype rounds them; in float32, the rebuilt `G` and two
-`[L, d]` gradient buffers ping-ponged across iterations.
+Workspaces: per program, in the input dtype, `P`, `Q` and (forward) `H` of both modalities,
+rounded there as a matmul in that dtype rounds them; in float32, the rebuilt `G` (then `dG` in its
+place) and two `[L, d]` gradient buffers ping-ponged across iterations. Every gradient tile stays in
+float32 into the products it feeds (`dot_f32`): rounded to float16 there, `dG` and `dS` alone put
+`dw_j` at L = 1 four times past the rule.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from rja_kernels._triton_common import (
     copy_rows,
     device_fn,
     dot,
+    dot_f32,
     dot_precision,
     load_j_tile,
     pad16,
@@ -69,10 +72,10 @@ _BWD_CONFIGS = tile_configs({"BM": 16, "BD": 32}, [
 
 
 @device_fn
-def _act(g, H_TANH: tl.constexpr):
+def _act(g, H_TANH: tl.constexpr, dt: tl.constexpr):
     """The attention map's activation: relu(G), or relu(tanh(G))."""
     if H_TANH:
-        g = tanh(g)
+        g = tanh(g, dt)
     return tl.maximum(g, 0.0)
 
 
@@ -117,7 +120,7 @@ def _attention_map(p_src, q_src, ja, jv, dst, L, DM, DA, D, scale,
             rows = r0 + arange(BM)
             mr = rows < DM
             p = tl.load(p_src + rows[:, None] * L + offs_l[None, :], mask=mr[:, None] & ml[None, :], other=0.0)
-            c = tanh(dot(p, jt, None, PREC) * scale)  # C[rows, cols], [BM, BD]
+            c = tanh(dot(p, jt, None, PREC) * scale, dt)  # C[rows, cols], [BM, BD]
             q = tl.load(q_src + offs_l[:, None] * DM + rows[None, :], mask=ml[:, None] & mr[None, :], other=0.0)
             g = dot(q, cast(c, dt), g, PREC)
         m = ml[:, None] & (cols[None, :] < D)
@@ -125,7 +128,7 @@ def _attention_map(p_src, q_src, ja, jv, dst, L, DM, DA, D, scale,
         if STORE_G:
             tl.store(dst + offs, g, mask=m)
         else:
-            tl.store(dst + offs, cast(_act(g, H_TANH), dt), mask=m)
+            tl.store(dst + offs, cast(_act(g, H_TANH, dt), dt), mask=m)
 
 
 @device_fn
@@ -134,7 +137,7 @@ def _h_tile(src, offs_l, cols, L, D, dt: tl.constexpr, FROM_G: tl.constexpr, H_T
     m = (offs_l[:, None] < L) & (cols[None, :] < D)
     h = tl.load(src + offs_l[:, None] * D + cols[None, :], mask=m, other=0.0)
     if FROM_G:
-        h = cast(_act(h, H_TANH), dt)
+        h = cast(_act(h, H_TANH, dt), dt)
     return h
 
 
@@ -231,11 +234,11 @@ def _grad_u(g_src, w_h, g_cur, COL0, gu_dst, L, DM, D, H_TANH: tl.constexpr, OUT
 
 
 @device_fn
-def _grad_g(g_src, w_h, gu_src, h_save, gg_dst, L, DM, D, H_TANH: tl.constexpr,
+def _grad_g(g_buf, w_h, gu_src, h_save, L, DM, D, H_TANH: tl.constexpr,
             BL: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
-    """`dG = (dU @ w_h^T) * relu'(A)` (times `tanh'(G)` with `h_tanh`, `A = tanh(G)`) into `gg_dst`
-    (input dtype), and `H = relu(A)` (float32) into `h_save` for the weight gradient `H^T dU`."""
-    dt = w_h.dtype.element_ty
+    """`dG = (dU @ w_h^T) * relu'(A)` (times `tanh'(G)` with `h_tanh`, `A = tanh(G)`) over `G` in
+    `g_buf` (each element is stored from its own load), and `H = relu(A)` into `h_save` for the
+    weight gradient `H^T dU`, both float32."""
     offs_l = arange(BL)
     ml = offs_l < L
     for c0 in range(0, D, BD):
@@ -247,10 +250,10 @@ def _grad_g(g_src, w_h, gu_src, h_save, gg_dst, L, DM, D, H_TANH: tl.constexpr,
             mu = ucols < DM
             gu = tl.load(gu_src + offs_l[:, None] * DM + ucols[None, :], mask=ml[:, None] & mu[None, :], other=0.0)
             wh_t = tl.load(w_h + cols[None, :] * DM + ucols[:, None], mask=mu[:, None] & mc[None, :], other=0.0)
-            gh = dot(cast(gu, dt), wh_t, gh, PREC)  # dH[:, cols]
+            gh = dot_f32(gu, wh_t, gh, PREC)  # dH[:, cols]
         m = ml[:, None] & mc[None, :]
         offs = offs_l[:, None] * D + cols[None, :]
-        g = tl.load(g_src + offs, mask=m, other=0.0)
+        g = tl.load(g_buf + offs, mask=m, other=0.0)
         if H_TANH:
             a, da = tanh_and_grad(g)
             gg = gh * (a > 0).to(tl.float32) * da
@@ -258,7 +261,7 @@ def _grad_g(g_src, w_h, gu_src, h_save, gg_dst, L, DM, D, H_TANH: tl.constexpr,
             a = g
             gg = gh * (a > 0).to(tl.float32)
         tl.store(h_save + offs, tl.maximum(a, 0.0), mask=m)
-        tl.store(gg_dst + offs, cast(gg, dt), mask=m)
+        tl.store(g_buf + offs, gg, mask=m)
 
 
 @device_fn
@@ -266,7 +269,6 @@ def _grad_c(p_src, q_src, gg_src, ja, jv, w_j, g_cur, g_next, COL0, gq_save, gp_
             BL: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
     """Second visit of every tile of `C` (row tile outer): `dQ`, `dP^T` (saved, float32), `dJ` and
     the residual plus `w_j @ dP^T` part of `dx`, both added into `g_next [L, D]`."""
-    dt = ja.dtype.element_ty
     offs_l = arange(BL)
     ml = offs_l < L
     wj = tl.load(w_j + offs_l[:, None] * L + offs_l[None, :], mask=ml[:, None] & ml[None, :], other=0.0)
@@ -283,10 +285,10 @@ def _grad_c(p_src, q_src, gg_src, ja, jv, w_j, g_cur, g_next, COL0, gq_save, gp_
             jt = load_j_tile(ja, jv, offs_l, cols, L, DA, D)
             c, dc = tanh_and_grad(dot(p, jt, None, PREC) * scale)
             gg = tl.load(gg_src + offs_l[:, None] * D + cols[None, :], mask=m, other=0.0)
-            gq = dot(gg, tl.trans(cast(c, dt)), gq, PREC)
-            gs = cast(dot(q_t, gg, None, PREC) * dc * scale, dt)  # dS [BM, BD]
-            gp = dot(gs, tl.trans(jt), gp, PREC)
-            acc_store(g_next + offs_l[:, None] * D + cols[None, :], dot(tl.trans(p), gs, None, PREC), m, True)
+            gq = dot_f32(gg, tl.trans(c), gq, PREC)
+            gs = dot_f32(q_t, gg, None, PREC) * dc * scale  # dS [BM, BD]
+            gp = dot_f32(gs, tl.trans(jt), gp, PREC)
+            acc_store(g_next + offs_l[:, None] * D + cols[None, :], dot_f32(tl.trans(p), gs, None, PREC), m, True)
             # The partial sums above are read back by the next row tile: make them visible.
             tl.debug_barrier()
         m = ml[:, None] & mr[None, :]
@@ -295,7 +297,7 @@ def _grad_c(p_src, q_src, gg_src, ja, jv, w_j, g_cur, g_next, COL0, gq_save, gp_
         gp_t = tl.trans(gp)
         tl.store(gp_save + offs, gp_t, mask=m)
         gx = tl.load(g_cur + offs_l[:, None] * D + COL0 + rows[None, :], mask=m, other=0.0)
-        gx += dot(wj, cast(gp_t, dt), None, PREC)
+        gx += dot_f32(wj, gp_t, None, PREC)
         acc_store(g_next + offs_l[:, None] * D + COL0 + rows[None, :], gx, m, True)
         tl.debug_barrier()
 
@@ -303,7 +305,6 @@ def _grad_c(p_src, q_src, gg_src, ja, jv, w_j, g_cur, g_next, COL0, gq_save, gp_
 @device_fn
 def _grad_x_q(gq_src, w_c, g_next, COL0, L, DM, D, BL: tl.constexpr, BM: tl.constexpr, PREC: tl.constexpr):
     """`dx += dQ @ w_c^T` into `g_next[:, COL0:COL0+DM]`."""
-    dt = w_c.dtype.element_ty
     offs_l = arange(BL)
     ml = offs_l < L
     for r0 in range(0, DM, BM):
@@ -315,7 +316,7 @@ def _grad_x_q(gq_src, w_c, g_next, COL0, L, DM, D, BL: tl.constexpr, BM: tl.cons
             mk = ks < DM
             gq = tl.load(gq_src + offs_l[:, None] * DM + ks[None, :], mask=ml[:, None] & mk[None, :], other=0.0)
             wc_t = tl.load(w_c + rows[None, :] * DM + ks[:, None], mask=mk[:, None] & mr[None, :], other=0.0)
-            acc = dot(cast(gq, dt), wc_t, acc, PREC)
+            acc = dot_f32(gq, wc_t, acc, PREC)
         acc_store(g_next + offs_l[:, None] * D + COL0 + rows[None, :], acc, ml[:, None] & mr[None, :], True)
 
 
@@ -331,14 +332,13 @@ def _paper_bwd_kernel(grad_xa, grad_xv, xa_it, xv_it, w_ja, w_jv, w_ca, w_cv, w_
     na = L * DA
     nv = L * DV
     nd = L * D
-    # Workspaces of this program. Input dtype: P_a, Q_a, P_v, Q_v, dG_a, dG_v.
-    p_a = ws + b * 4 * nd
+    # Workspaces of this program. Input dtype: P_a, Q_a, P_v, Q_v.
+    p_a = ws + b * 2 * nd
     q_a = p_a + na
     p_v = q_a + na
     q_v = p_v + nv
-    gg_a = q_v + nv
-    gg_v = gg_a + nd
-    # float32: two [L, D] gradient buffers ping-ponged across iterations, then G_a, G_v.
+    # float32: two [L, D] gradient buffers ping-ponged across iterations, then G_a, G_v (each
+    # overwritten by its dG, as G is not read after).
     g0 = fs + b * 4 * nd
     g_a = g0 + 2 * nd
     g_v = g_a + nd
@@ -371,12 +371,12 @@ def _paper_bwd_kernel(grad_xa, grad_xv, xa_it, xv_it, w_ja, w_jv, w_ca, w_cv, w_
         _grad_u(g_a, wha, g_cur, 0, gu_sa + s_a, L, DA, D, H_TANH, OUT_RELU, BL, BM, BD, PREC)
         _grad_u(g_v, whv, g_cur, DA, gu_sv + s_v, L, DV, D, H_TANH, OUT_RELU, BL, BM, BD, PREC)
         tl.debug_barrier()
-        _grad_g(g_a, wha, gu_sa + s_a, h_sa + s_d, gg_a, L, DA, D, H_TANH, BL, BM, BD, PREC)
-        _grad_g(g_v, whv, gu_sv + s_v, h_sv + s_d, gg_v, L, DV, D, H_TANH, BL, BM, BD, PREC)
+        _grad_g(g_a, wha, gu_sa + s_a, h_sa + s_d, L, DA, D, H_TANH, BL, BM, BD, PREC)
+        _grad_g(g_v, whv, gu_sv + s_v, h_sv + s_d, L, DV, D, H_TANH, BL, BM, BD, PREC)
         tl.debug_barrier()
-        _grad_c(p_a, q_a, gg_a, src_a, src_v, wja, g_cur, g_next, 0, gq_sa + s_a, gp_sa + s_a,
+        _grad_c(p_a, q_a, g_a, src_a, src_v, wja, g_cur, g_next, 0, gq_sa + s_a, gp_sa + s_a,
                 L, DA, DA, D, scale, BL, BM, BD, PREC)
-        _grad_c(p_v, q_v, gg_v, src_a, src_v, wjv, g_cur, g_next, DA, gq_sv + s_v, gp_sv + s_v,
+        _grad_c(p_v, q_v, g_v, src_a, src_v, wjv, g_cur, g_next, DA, gq_sv + s_v, gp_sv + s_v,
                 L, DV, DA, D, scale, BL, BM, BD, PREC)
         tl.debug_barrier()
         _grad_x_q(gq_sa + s_a, wca, g_next, 0, L, DA, D, BL, BM, PREC)
@@ -445,7 +445,7 @@ def triton_paper_backward(
     saved_a = [torch.empty((t, b, seq, da), **f32) for _ in range(3)]  # dU, dQ, dP^T
     saved_v = [torch.empty((t, b, seq, dv), **f32) for _ in range(3)]
     if b > 0:
-        ws = grad_xa.new_empty((b, 4 * seq * d))
+        ws = grad_xa.new_empty((b, 2 * seq * d))
         fs = torch.empty((b, 4 * seq * d), **f32)
         wrap_triton(_paper_bwd_kernel)[(b,)](
             grad_xa, grad_xv, xa_iters, xv_iters, *weights, gxa, gxv, ws, fs, h_a, h_v,

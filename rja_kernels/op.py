@@ -11,7 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor
+from torch._C._functorch import TransformType, get_interpreter_stack
 
 from rja_kernels.backends import get_backend, resolve_backend
 
@@ -82,6 +84,16 @@ def check_inputs(spec: OperatorSpec, xa: Tensor, xv: Tensor, weights: tuple[Tens
     shapes = spec.weight_shapes(seq, da, dv, sizes)
     for name, w in zip(spec.weight_names, weights):
         _expect_shape(name, w, (tw, *shapes[name]), f"[Tw, {spec.weight_layouts[name][1:]}")
+
+
+def _forward_mode_active(tensors: tuple[Tensor, ...]) -> bool:
+    """Whether forward-mode AD tracks these inputs: `torch.func.jvp` (at any functorch level) or a
+    `torch.autograd.forward_ad` dual tensor."""
+    if torch.compiler.is_compiling():
+        return False
+    if any(level.key() == TransformType.Jvp for level in get_interpreter_stack() or ()):
+        return True
+    return any(fwAD.unpack_dual(t).tangent is not None for t in tensors)
 
 
 class FusedOperator:
@@ -180,6 +192,10 @@ class FusedOperator:
         if not isinstance(backend, str):
             raise TypeError(f"backend must be a str, got {type(backend).__name__}")
         name = resolve_backend(self.spec.name, backend, xa.device, xa.dtype)
+        if _forward_mode_active((xa, xv, *weights)):
+            # The kernels have no forward-mode formula: a jvp runs the reference's plain PyTorch math,
+            # whose every op has one (otherwise the tangent would silently come out as zero).
+            return self.spec.reference(xa, xv, *weights, iterations, **options)
         xa_out, xv_out, _, _ = self.forward_op(xa, xv, *weights, iterations,
                                                *(options[o] for o in self.spec.options), name)
         return xa_out, xv_out

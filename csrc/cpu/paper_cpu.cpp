@@ -6,7 +6,7 @@
 //                                          samples)
 //   for each sample b and column tile c0 of d (kTile columns):      <- one task owns a column tile
 //     for each chunk of kChunk rows r of C (the dm axis):          <- streams over row tiles of C
-//       C[r, tile] = tanh(Ps[r, :] J[:, tile])  Ps = x^T (s w_j)   [kChunk, kTile] in L1, then
+//       C[r, tile] = tanh(s P[r, :] J[:, tile])  P = x^T w_j     [kChunk, kTile] in L1, then
 //       G[:, tile] += Q[:, r] C[r, tile]                           [L, kTile] in L1
 //     H[:, tile] = relu(G) (relu(tanh(G)) with h_tanh)             written to H [B, L, d]
 //   U = H w_h                  [B*L, dm]   one GEMM over the batch;  x' = x + U (x + relu(U))
@@ -73,8 +73,8 @@ struct Dims {
 // One weight set of one modality, packed for the kernel.
 template <typename T>
 struct ModalityWeights {
-  Buffer<T> wj;                 // s w_j [L][lp]: P scaled, Ps = x^T (s w_j)
-  Buffer<T> wjt;                // s w_j^T [L][lp] (backward)
+  Buffer<T> wj;                 // w_j [L][lp]: P = x^T w_j
+  Buffer<T> wjt;                // w_j^T [L][lp] (backward)
   PackedWeight<T> wc, wh;       // w_c [dm][dmp], w_h [d][dmp]
   PackedWeight<T> wct, wht;     // w_c^T [dm][dmp], w_h^T [dm][ldh] (backward)
 
@@ -85,14 +85,14 @@ struct ModalityWeights {
     const T* w_h = w[4 + m] + set * d * dm;
     wj.reset(L * D.lp);
     for (int64_t i = 0; i < L; ++i) {
-      for (int64_t j = 0; j < L; ++j) wj[i * D.lp + j] = D.scale * w_j[i * L + j];
+      for (int64_t j = 0; j < L; ++j) wj[i * D.lp + j] = w_j[i * L + j];
     }
     wc.pack(w_c, dm, dm, false);
     wh.pack(w_h, d, dm, false);
     if (backward) {
       wjt.reset(L * D.lp);
       for (int64_t i = 0; i < L; ++i) {
-        for (int64_t j = 0; j < L; ++j) wjt[j * D.lp + i] = D.scale * w_j[i * L + j];
+        for (int64_t j = 0; j < L; ++j) wjt[j * D.lp + i] = w_j[i * L + j];
       }
       wct.pack(w_c, dm, dm, true);
       wht.pack(w_h, d, dm, true, D.ldh);
@@ -103,7 +103,7 @@ struct ModalityWeights {
 // Per-thread scratch of the tile tasks; all of it stays in L1/L2.
 template <typename T>
 struct TileScratch {
-  Buffer<T> ps;                        // Ps [dm][lp] of the task's sample
+  Buffer<T> ps;                        // P [dm][lp] of the task's sample
   Buffer<T> jt, c, gt;                 // J tile [L][kTile], C chunk [kChunk][kTile], G tile [L][kTile]
   Buffer<T> jtt, gs, ggt, ggtt, tmp;   // backward: J^T tile [kTile][lp], grad S chunk, grad G tile
                                        // and its transpose, [dm][lp] scratch
@@ -123,9 +123,14 @@ struct TileScratch {
   }
 };
 
+// C = tanh(s (P J)): scaled after the sum, as the reference does. Folded into w_j instead, the
+// scale's rounding perturbs every weight by up to half an ulp, and with saturating inputs (where
+// the gradients amplify any perturbation) that made the float32 gradients 4x the reference's error.
+template <typename T>
 struct TanhEpilogue {
-  template <typename V, typename T>
-  void operator()(V& acc, const T*) const { acc = vec_tanh_accurate(acc); }
+  T scale;
+  template <typename V>
+  void operator()(V& acc, const T*) const { acc = vec_tanh_accurate(acc * V(scale)); }
 };
 
 // H = relu(G), or relu(tanh(G)) with the accurate tanh (its error reaches the gradients through
@@ -136,14 +141,15 @@ struct ActivationEpilogue {
   void operator()(V& acc, const T*) const { acc = (h_tanh ? vec_tanh_accurate(acc) : acc).relu(); }
 };
 
-// grad S' = (Q^T grad G) * (1 - C^2), C at the same offset from `c` as the output from `out0`.
+// grad S = (Q^T grad G) * (1 - C^2) * s, C at the same offset from `c` as the output from `out0`.
 template <typename T>
 struct TanhGradEpilogue {
   const T* out0;
   const T* c;
+  T scale;
   void operator()(Vec<T>& acc, const T* out) const {
     const Vec<T> cv = Vec<T>::loadu(c + (out - out0));
-    acc = acc * fnmadd(cv, cv, Vec<T>(T(1)));
+    acc = acc * fnmadd(cv, cv, Vec<T>(T(1))) * Vec<T>(scale);
   }
 };
 
@@ -160,14 +166,14 @@ void pack_joint_tile(const Dims<T>& D, const T* xa_b, const T* xv_b, int64_t c0,
   }
 }
 
-// The sample's Ps = x^T (s w_j) [dm][lp].
+// The sample's P = x^T w_j [dm][lp].
 template <typename T>
 void prepare_sample(const Dims<T>& D, const ModalityWeights<T>& W, int64_t dm, const T* x_b, TileScratch<T>& s) {
   gemm<T>(dm, D.lp / kLanes<T>, D.L, x_b, 1, dm, W.wj.data(), D.lp, s.ps.data(), D.lp, false);
 }
 
 // Forward of one column tile: H[b][:, c0:c0+kTile] (ld ldh) = act(Q C[:, tile]). Per chunk of rows
-// r: C = tanh(Ps[r] J[:, tile]), the tanh applied to the accumulators in registers (the division
+// r: C = tanh(s P[r] J[:, tile]), the tanh applied to the accumulators in registers (the division
 // unit then works while the next block's multiply-adds issue), then G += Q[:, r] C.
 template <typename T>
 void forward_tile(const Dims<T>& D, int64_t dm, const T* xa_b, const T* xv_b, const T* q_b, int64_t c0,
@@ -178,7 +184,7 @@ void forward_tile(const Dims<T>& D, int64_t dm, const T* xa_b, const T* xv_b, co
     const int64_t rc = std::min(kChunk, dm - r0);
     const T* q = q_b + r0;  // A(l, r) = Q[l, r0 + r]
     gemm<T>(rc, kTileVecs, L, s.ps.data() + r0 * lp, lp, 1, s.jt.data(), N, s.c.data(), N, false,
-            TanhEpilogue{});
+            TanhEpilogue<T>{D.scale});
     if (r0 + kChunk < dm) {
       gemm<T>(L, kTileVecs, rc, q, ldq, 1, s.c.data(), N, s.gt.data(), N, r0 > 0);
     } else {
@@ -190,10 +196,10 @@ void forward_tile(const Dims<T>& D, int64_t dm, const T* xa_b, const T* xv_b, co
 
 // Backward of one column tile (the second visit), given grad H of the tile (in/out, ld ldh) and
 // H: grad G = grad H * (H > 0) [* (1 - H^2) with h_tanh], then per chunk of rows r
-//   C = tanh(Ps J), grad S' = (Q^T grad G) * (1 - C^2)        [kChunk, kTile]
-//   grad Q^T[r] += C grad G^T,  grad P'[r] += grad S' J^T     [kChunk, L] (over tiles)
-//   grad J[:, tile] += Ps^T grad S'                           [L, kTile] (over chunks)
-// with grad P = s grad P' and grad J through Ps = s P. grad J overwrites grad H of the tile.
+//   C = tanh(s P J), grad S = (Q^T grad G) * (1 - C^2) * s    [kChunk, kTile]
+//   grad Q^T[r] += C grad G^T,  grad P[r] += grad S J^T       [kChunk, L] (over tiles)
+//   grad J[:, tile] += P^T grad S                             [L, kTile] (over chunks)
+// grad J overwrites grad H of the tile.
 template <typename T>
 void backward_tile(const Dims<T>& D, int64_t dm, const T* xa_b, const T* xv_b, const T* q_b, int64_t c0,
                    bool h_tanh, const T* h_b, T* gh_b, T* gq, T* gp, TileScratch<T>& s) {
@@ -212,9 +218,9 @@ void backward_tile(const Dims<T>& D, int64_t dm, const T* xa_b, const T* xv_b, c
   for (int64_t r0 = 0; r0 < dm; r0 += kChunk) {
     const int64_t rc = std::min(kChunk, dm - r0);
     const T* ps = s.ps.data() + r0 * lp;
-    gemm<T>(rc, kTileVecs, L, ps, lp, 1, s.jt.data(), N, s.c.data(), N, false, TanhEpilogue{});
+    gemm<T>(rc, kTileVecs, L, ps, lp, 1, s.jt.data(), N, s.c.data(), N, false, TanhEpilogue<T>{D.scale});
     gemm<T>(rc, kTileVecs, L, q_b + r0, 1, ldq, s.ggt.data(), N, s.gs.data(), N, false,
-            TanhGradEpilogue<T>{s.gs.data(), s.c.data()});
+            TanhGradEpilogue<T>{s.gs.data(), s.c.data(), D.scale});
     gemm<T>(rc, lp / V, N, s.c.data(), N, 1, s.ggtt.data(), lp, gq + r0 * lp, lp, true);
     gemm<T>(rc, lp / V, N, s.gs.data(), N, 1, s.jtt.data(), lp, gp + r0 * lp, lp, true);
     gemm<T>(L, kTileVecs, rc, ps, 1, lp, s.gs.data(), N, s.gt.data(), N, r0 > 0);
@@ -356,7 +362,7 @@ void backward_impl(const Dims<T>& D, const std::array<const T*, 6>& w, bool h_ta
   const int64_t iterations = xa_iters.size(0), B = D.batch, L = D.L, lp = D.lp, V = kLanes<T>;
   std::array<ModalityWeights<T>, 2> W;
   // Workspaces per modality: Q (then grad Q), H; grad H (then grad J, tile by tile); U and grad U
-  // (out_relu only); the per-group partial sums of grad Q^T and grad P'.
+  // (out_relu only); the per-group partial sums of grad Q^T and grad P.
   std::array<Buffer<T>, 2> q, h, gh, gu_buf, gqt, gp;
   for (int m = 0; m < 2; ++m) {  // all written in full (the partial sums: slot by slot) before read
     q[m].reset(D.rows() * D.dmp(m), false);
@@ -396,7 +402,7 @@ void backward_impl(const Dims<T>& D, const std::array<const T*, 6>& w, bool h_ta
       batch_gemm<T>(D.rows(), dm, gu, dmp, 1, W[m].wht.panel(), gh[m].data(), D.ldh, false);
     }
 
-    // Second visit of every column tile: partial grad Q^T and grad P' per (sample, group), grad J.
+    // Second visit of every column tile: partial grad Q^T and grad P per (sample, group), grad J.
     parallel_tasks(
         B * 2 * D.groups, 3 * tile_task_work(D), [&] { return TileScratch<T>(D, true); },
         [&](int64_t i, TileScratch<T>& s) {
@@ -418,7 +424,7 @@ void backward_impl(const Dims<T>& D, const std::array<const T*, 6>& w, bool h_ta
         });
 
     // Group partials summed in group order: grad Q [B*L][dmp] (into Q's buffer, free now) and
-    // grad P' (into group 0's slot).
+    // grad P (into group 0's slot).
     parallel_tasks(B * 2, D.rows() * D.d * D.groups, [&](int64_t i) {
       const int64_t b = i / 2;
       const int m = static_cast<int>(i % 2);
@@ -440,7 +446,7 @@ void backward_impl(const Dims<T>& D, const std::array<const T*, 6>& w, bool h_ta
       batch_gemm<T>(dm, D.rows(), it.x[m], 1, dm, Panel<T>{q[m].data(), dmp}, gw[set][m].wc.data(), dmp, true);
     }
 
-    // grad x += s w_j grad P'^T + grad J (both modalities' parts, in order).
+    // grad x += w_j grad P^T + grad J (both modalities' parts, in order).
     parallel_tasks(
         B * 2, D.rows() * D.d * L, [&] { return Buffer<T>(std::max(D.da, D.dv) * lp); },
         [&](int64_t i, Buffer<T>& tmp) {
@@ -457,7 +463,7 @@ void backward_impl(const Dims<T>& D, const std::array<const T*, 6>& w, bool h_ta
           }
         });
 
-    // grad w_j += s sum_b x[b] grad P'[b], samples in order.
+    // grad w_j += sum_b x[b] grad P[b], samples in order.
     for (int m = 0; m < 2; ++m) {
       const int64_t dm = D.dm(m);
       for (int64_t b = 0; b < B; ++b) {
@@ -466,7 +472,7 @@ void backward_impl(const Dims<T>& D, const std::array<const T*, 6>& w, bool h_ta
       }
       T* acc = gw[set][m].wj.data();
       if (B > 0) {
-        for (int64_t e = 0; e < L * lp; ++e) acc[e] += D.scale * gwj[e];
+        add_to(acc, gwj.data(), L * lp);
       }
     }
   }

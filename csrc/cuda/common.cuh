@@ -25,9 +25,12 @@ struct Dims {
 // Size of the tile starting at `start` of a dimension of size n cut in tiles of `tile`.
 RJA_HOST_DEVICE int tile_size(int n, int start, int tile) { return n - start < tile ? n - start : tile; }
 
-// tanh in float32. For 16-bit element types on sm_75+ the hardware tanh.approx.f32 (max relative
-// error about 2^-11, an ulp of float16 and well below one of bfloat16, whose inputs carry that
-// error already); float32 keeps the accurate tanhf, and the emulated build is exact for all.
+// tanh in float32. For 16-bit element types on sm_75+ the special function unit's tanh.approx.f32,
+// max relative error 2^-10.987 (PTX ISA, "Floating Point Instructions: tanh"): about an ulp of
+// float16 and below half one of bfloat16, whose inputs carry that error already (the GPU check of
+// the tolerance rule: tests/test_approx_tanh.py). Not tanh.approx.bf16x2 (sm_90): it rounds its
+// input to bfloat16 as well, which near 0 doubles C's error, and C stays float32 here. float32
+// keeps the accurate tanhf; host code (the emulator) has no __CUDA_ARCH__ and is exact for all.
 template <class K>
 RJA_DEVICE float tanh_of(float x) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750
