@@ -93,20 +93,42 @@ def reference_tolerances(operator, low_inp, iterations, options, grad_out, exact
     return [max(low_precision_tolerance(r[i], e, factor) for r in results) for i, e in enumerate(exact)]
 
 
+def _stored_in_dtype(operator, low_inp, iterations, options, grad_out):
+    """Outputs and gradients of a perfect kernel in the low dtype: float64 arithmetic at the
+    low-precision inputs, each iteration's output features rounded to that dtype, as every backend
+    stores them (the rounding taken as the identity in the backward)."""
+    dtype = low_inp["xa"].dtype
+    inp = {n: t.detach().double().requires_grad_() for n, t in low_inp.items()}
+    xa, xv = inp["xa"], inp["xv"]
+    for i in range(iterations):
+        step = {n: w[i:i + 1] if w.shape[0] > 1 else w for n, w in inp.items() if n not in ("xa", "xv")}
+        xa, xv = call_operator(operator, {"xa": xa, "xv": xv, **step}, 1, "reference", **options)
+        xa, xv = (x + (x.to(dtype).double() - x).detach() for x in (xa, xv))
+    grads = torch.autograd.grad((xa, xv), list(inp.values()), tuple(g.double() for g in grad_out))
+    return (xa.detach(), xv.detach(), *grads)
+
+
 def low_precision_check(operator, low_inp, iterations, backend, options):
     """(name, error, tolerance) of every output and gradient of `backend` at the low-precision
     inputs, against the float64 reference at the same inputs (upcast), as flash-attention's tests
     do: an exact result of the unrounded inputs would count the inputs' rounding, amplified by the
-    problem's conditioning, as the kernel's error (a perfect kernel failed the rule that way)."""
+    problem's conditioning, as the kernel's error (a perfect kernel failed the rule that way).
+    For the same reason the error is the distance to the nearer of two answers, the exact one and
+    the perfect kernel's (`_stored_in_dtype`): rounding an iteration's features can move a `G` near
+    0 across the relu, and the gradients then differ by O(1) from the exact ones whatever the
+    arithmetic (1x5x24x40x12, T = 2, float16: the perfect kernel's grad_xa was 2.1 off, the
+    reference's own error 0.04); a correct kernel is within the tolerance of one of the two."""
     grad_out = grad_outputs(low_inp)
     exact = _forward_and_grads(operator, {n: t.double() for n, t in low_inp.items()}, iterations, "reference",
                                options, tuple(g.double() for g in grad_out))
+    stored = _stored_in_dtype(operator, low_inp, iterations, options, grad_out)
     got = _forward_and_grads(operator, low_inp, iterations, backend, options, grad_out)
     tolerances = reference_tolerances(operator, low_inp, iterations, options, grad_out, exact)
     names = ["xa_out", "xv_out", *(f"grad_{n}" for n in low_inp)]
     for g in got:
         assert g.dtype == low_inp["xa"].dtype
-    return [(n, (g.double() - e).abs().max().item(), tol) for n, g, e, tol in zip(names, got, exact, tolerances)]
+    return [(n, min((g.double() - e).abs().max().item(), (g.double() - p).abs().max().item()), tol)
+            for n, g, e, p, tol in zip(names, got, exact, stored, tolerances)]
 
 
 def test_every_backend_runs_here(operator):
