@@ -5,7 +5,9 @@
         --json ccc.json --csv ccc.csv
 
 The data options default to those the checkpoint was trained with; a config file and the command
-line override them. Validation windows never overlap, so every frame counts once. Each split gets
+line override them. The protocol is the ABAW challenge's: every frame whose label is not -5 is scored,
+once, also a frame without a face crop (it has the prediction of its clip, whose input shows the
+neighbouring crop in its place); the output counts those frames apart. Each split gets
 two CCCs: the raw per-frame one, and the "postprocessed" one the authors report (predictions clipped
 to the target range, then smoothed per video: a moving average of 20 frames for valence, 50 for
 arousal; `rja_models.metrics.postprocess`).
@@ -96,10 +98,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def report(results: dict[str, Any], names: Sequence[str], args: argparse.Namespace) -> None:
     for split, r in results.items():
-        rows = {**r["videos"], f"ALL ({split}, {r['frames']} frames)": r["overall"]}
-        say(f"\n{split}: raw per-frame CCC\n" + format_table(rows, names), args.quiet)
+        total = f"ALL ({split}, {r['frames']} frames, {r['frames_without_face']} without a face crop)"
+        say(f"\n{split}: raw per-frame CCC\n" + format_table({**r["videos"], total: r["overall"]}, names), args.quiet)
         post = r["postprocessed"]
-        rows = {**post["videos"], f"ALL ({split}, {r['frames']} frames)": post["overall"]}
+        rows = {**post["videos"], total: post["overall"]}
         say(f"\n{split}: postprocessed CCC (the authors': clipped to the target range, smoothed per video over "
             f"{', '.join(f'{k} {v}' for k, v in AUTHORS_SMOOTHING.items())} frames)\n" + format_table(rows, names),
             args.quiet)

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rja_models.cli import UsageError, command_parser, run_command
+from rja_models.config import ModelConfig
 from rja_models.data import FeatureDataset
 from rja_models.training.data import build_dataset, feature_config, prepare_data_root
 from rja_models.training.distributed import init_distributed, shutdown_distributed
@@ -41,6 +42,11 @@ from rja_models.training.options import (
 # 32x32 crops, clips of 4 frames, 8 clips per sub-sequence.
 PRESET: dict[str, Any] = {"image_size": 32, "clip_frames": 4, "clips": 8}
 PROG = "python -m rja_models.train"
+
+
+def default_model_config() -> ModelConfig:
+    """The model `python -m rja_models.train` trains with no arguments (the CPU-sized preset)."""
+    return model_config(parse_args(build_parser(), []), PRESET)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -74,10 +74,10 @@ def test_evaluate_per_split_and_video(trained, tmp_path, capsys):
 def test_predict_writes_csv_and_plot(trained, tmp_path):
     video = trained["data"] / "videos" / "synth_002.mp4"
     path = predict.main([str(video), "--checkpoint", str(trained["out"] / "best.pt"), "--out", str(tmp_path),
-                         "--quiet"])
+                         "--quiet", "--whole-frame"])
     rows = list(csv.DictReader(path.open()))
     assert len(rows) == probe_video(video).num_frames  # every frame once, padding cut
-    assert list(rows[0]) == ["frame", "timestamp", "valence", "arousal"]
+    assert list(rows[0]) == ["frame", "timestamp", "valence", "arousal", "face"]
     assert float(rows[1]["timestamp"]) == pytest.approx(1 / 15, abs=1e-3)
     assert all(-1 <= float(r["valence"]) <= 1 for r in rows)
     assert (tmp_path / "synth_002.png").is_file()
@@ -89,10 +89,10 @@ def test_predict_video_without_audio(trained, tmp_path):
     write_av_file(silent, frames, fps=25.0, audio=None)
     checkpoint = str(trained["out"] / "best.pt")
     with pytest.raises(SystemExit, match="no audio stream.*--visual-only"):
-        predict.main([str(silent), "--checkpoint", checkpoint, "--out", str(tmp_path), "--quiet"])
+        predict.main([str(silent), "--checkpoint", checkpoint, "--out", str(tmp_path), "--quiet", "--whole-frame"])
     with pytest.warns(UserWarning, match="silence"):
         path = predict.main([str(silent), "--checkpoint", checkpoint, "--out", str(tmp_path), "--visual-only",
-                             "--quiet"])
+                             "--quiet", "--whole-frame"])
     assert len(list(csv.DictReader(path.open()))) == 20
 
 

@@ -442,7 +442,10 @@ def test_evaluate_and_predict_on_the_released_setup(released_run, tmp_path, monk
     assert "raw per-frame CCC" in printed and "postprocessed CCC" in printed
     val = AffWild2Dataset(released_run["tree"], "val", clips=4, clip_frames=2, dilation=2, layout="tiled",
                           label_frame="last", image_size=32, progress=False, visual_only=True)
-    assert results["val"]["frames"] == int(val.sequences[0].mask.sum())  # every labelled frame once
+    (seq,) = val.sequences
+    # The ABAW protocol: every frame with a label (not -5) once, also those without a face crop.
+    assert results["val"]["frames"] == int(seq.valid.sum()) > int(seq.mask.sum())
+    assert results["val"]["frames_without_face"] == int((seq.valid & ~seq.has_crop).sum())
     assert set(results["val"]["postprocessed"]) == {"overall", "videos"}
     assert {"raw", "postprocessed"} <= {line.split(",")[-1] for line in (tmp_path / "r.csv").read_text().split()}
     # predict on a 29.97 fps video: each clip hears the 1.034 s ending at its last frame, cut by time.
@@ -454,7 +457,7 @@ def test_evaluate_and_predict_on_the_released_setup(released_run, tmp_path, monk
     original = AudioEncoder.forward
     monkeypatch.setattr(AudioEncoder, "forward", lambda self, a: heard.append(a.clone()) or original(self, a))
     csv_path = predict.main([str(video), "--checkpoint", str(out / "best.pt"), "--out", str(tmp_path / "p"),
-                             "--quiet", "--device", "cpu"])
+                             "--quiet", "--device", "cpu", "--whole-frame"])
     assert len(csv_path.read_text().splitlines()) == 81
     heard = torch.cat(heard)  # [windows * clips, 45599], in window order
     _, config, _ = model_from_checkpoint(out / "best.pt")

@@ -26,6 +26,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from .clip_input import clip_spans, shown_frames, window_item
 from .errors import DataError
 from .video import (
     AudioWindow,
@@ -143,22 +144,29 @@ def dataset_options(config: Any, extra: dict[str, Any] | None = None) -> dict[st
 class _Sequence:
     name: str
     labels: np.ndarray  # float32 [N, T]
-    mask: np.ndarray  # bool [N]: valid label and a crop present
+    valid: np.ndarray  # bool [N]: a valid label (not -5)
+    has_crop: np.ndarray  # bool [N]: the frame's own crop is present
     fill: np.ndarray  # int [N]: crop index shown for each frame
     crops: Path
     video: VideoInfo | None
 
+    @property
+    def mask(self) -> np.ndarray:
+        """bool [N]: the frames trained on: a valid label and the frame's own crop."""
+        return self.valid & self.has_crop
 
-def _labels(windowing: Windowing, start: int, shown: np.ndarray, labels: np.ndarray, mask: np.ndarray
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(labels float32 [rows, T], mask bool [rows], frame_index int64 [rows]) of one window; rows
-    outside the video get label 0 and mask False."""
+
+def _labels(windowing: Windowing, start: int, shown: np.ndarray, seq: _Sequence) -> dict[str, torch.Tensor]:
+    """The label keys of one window's item (see `AffWild2Dataset`); rows outside the video get label
+    0 and mask, scored and face False."""
     rows, label_at = windowing.label_rows(start, shown)
-    n = len(mask)
+    n = len(seq.valid)
     inside = (rows >= 0) & (rows < n) & (label_at >= 0) & (label_at < n)
     at = np.clip(label_at, 0, max(n - 1, 0))
-    values = np.where(inside[:, None], labels[at], 0.0).astype(np.float32)
-    return torch.from_numpy(values), torch.from_numpy(inside & mask[at]), torch.from_numpy(rows)
+    values = np.where(inside[:, None], seq.labels[at], 0.0).astype(np.float32)
+    scored, face = inside & seq.valid[at], inside & seq.has_crop[at]
+    return {"labels": torch.from_numpy(values), "mask": torch.from_numpy(scored & face),
+            "scored": torch.from_numpy(scored), "face": torch.from_numpy(face), "frame_index": torch.from_numpy(rows)}
 
 
 def _audio_window(seconds: float | None, samples: int | None, sample_rate: int, anchor: str,
@@ -181,9 +189,11 @@ class AffWild2Dataset(Dataset):
     * ``"audio"``: float32 [L, S], each clip's audio from the original video, ``S`` samples from the
       time of the clip span's first frame (``audio_anchor="start"``) or up to its last (``"end"``),
       see `AudioWindow` (zeros when ``visual_only``);
-    * ``"labels"``: float32 [R, T] (0 where invalid); ``"mask"``: bool [R], False for a -5 label, a
-      missing crop or a row outside the video; ``"frame_index"``: int64 [R], the frame each row is
-      scored at (R = L * F * dilation rows, or L with ``label_frame="last"``);
+    * ``"labels"``: float32 [R, T] (0 where invalid); ``"mask"``: bool [R], the rows trained on,
+      False for a -5 label, a missing crop or a row outside the video; ``"scored"``: bool [R], the
+      rows evaluation scores (the ABAW protocol: every valid label in the video, crop or not);
+      ``"face"``: bool [R], the row's frame has its own crop; ``"frame_index"``: int64 [R], the frame
+      each row is scored at (R = L * F * dilation rows, or L with ``label_frame="last"``);
     * ``"video"``: the sequence name; ``"start_frame"``: 0-based index of the first frame (negative
       for the first windows of the "tiled" layout).
 
@@ -258,7 +268,7 @@ class AffWild2Dataset(Dataset):
                 )
             crops = self.root / "cropped_aligned" / name
             has_crop, fill = _crop_fill(crops, len(labels))
-            self.sequences.append(_Sequence(name, labels, label_ok & has_crop, fill, crops, video))
+            self.sequences.append(_Sequence(name, labels, label_ok, has_crop, fill, crops, video))
         self.target_names: list[str] = list(target_names or [])
         fps = Counter(round(s.video.fps, 2) for s in self.sequences if s.video is not None).most_common(1)
         self.audio_window = _audio_window(audio_seconds, audio_samples, sample_rate, audio_anchor,
@@ -323,16 +333,8 @@ class AffWild2Dataset(Dataset):
         frames = to_clips(images, self.clips, self.clip_frames)
         if self.training and self.color_jitter > 0:
             frames = jitter_clips(frames, self.color_jitter)
-        labels, mask, frame_index = _labels(w, start, shown, seq.labels, seq.mask)
-        return {
-            "frames": frames,
-            "audio": self._audio(seq, start),
-            "labels": labels,
-            "mask": mask,
-            "frame_index": frame_index,
-            "video": seq.name,
-            "start_frame": start,
-        }
+        return {"frames": frames, "audio": self._audio(seq, start), **_labels(w, start, shown, seq),
+                "video": seq.name, "start_frame": start}
 
     def _audio(self, seq: _Sequence, start: int) -> torch.Tensor:
         if self.visual_only or seq.video is None:
@@ -346,16 +348,24 @@ class AffWild2Dataset(Dataset):
 class VideoFileDataset(Dataset):
     """The sub-sequences covering one video file (for prediction; no labels).
 
-    Items have the keys of :class:`AffWild2Dataset`; ``"frames"`` are the whole decoded frames
-    resized/center-cropped to ``image_size`` (no face detection), ``"labels"`` are zeros and
-    ``"mask"`` is all False. With the default "strided" layout, frames ``>= num_frames`` of the last
-    item are padding (they repeat the last frame); with "tiled", clips past the end are blank.
-    ``audio_seconds`` (default: ``audio_samples`` at ``sample_rate``, else one clip span at this
-    video's frame rate) is the audio each clip gets, the same span of time at any frame rate.
-    `for_model` builds one that cuts clips as a trained model's config says.
+    Items have the keys of :class:`AffWild2Dataset` but "scored" and "face"
+    (`rja_models.data.clip_input.window_item`: the input live mode makes of the same frames);
+    ``"frames"`` are the whole decoded frames resized/center-cropped to ``image_size``, or the given
+    face ``crops``; ``"labels"`` are zeros and ``"mask"`` is all False. With the default "strided"
+    layout, frames ``>= num_frames`` of the last item are padding (they repeat the last frame); with
+    "tiled", clips past the end are blank. ``audio_seconds`` (default: ``audio_samples`` at
+    ``sample_rate``, else one clip span at this video's frame rate) is the audio each clip gets, the
+    same span of time at any frame rate. `for_model` builds one that cuts clips as a trained model's
+    config says.
+
+    Args:
+        stride: frames between window starts ("strided" layout; default the window length, no overlap).
+        crops: uint8 [num_frames, image_size, image_size, 3] (an array or a memmap): the visual input
+            of each frame (aligned face crops) instead of the decoded frame.
 
     Raises:
         DataError: unreadable/truncated video, or no audio stream unless ``visual_only``.
+        ValueError: ``crops`` of the wrong shape or type.
     """
 
     def __init__(
@@ -375,11 +385,17 @@ class VideoFileDataset(Dataset):
         layout: str = "strided",
         label_frame: str = "all",
         num_targets: int = 2,
+        crops: np.ndarray | None = None,
     ) -> None:
         self.path = Path(path)
         self.info = probe_video(self.path)
         if not visual_only:
             require_audio(self.info)
+        n = self.info.num_frames
+        if crops is not None and (crops.shape != (n, image_size, image_size, 3) or crops.dtype != np.uint8):
+            raise ValueError(f"crops must be uint8 [{n}, {image_size}, {image_size}, 3], got {crops.dtype} "
+                             f"{list(crops.shape)}")
+        self.crops = crops
         self.clip_frames, self.clips, self.num_targets = clip_frames, clips, num_targets
         self.windowing = Windowing(clips, clip_frames, dilation, layout, label_frame)
         self.sample_rate, self.image_size, self.visual_only = sample_rate, image_size, visual_only
@@ -390,9 +406,10 @@ class VideoFileDataset(Dataset):
 
     @classmethod
     def for_model(cls, path: str | Path, config: Any, extra: dict[str, Any] | None = None, *,
-                  visual_only: bool = False, stride: int | None = None) -> VideoFileDataset:
+                  visual_only: bool = False, stride: int | None = None, crops: np.ndarray | None = None
+                  ) -> VideoFileDataset:
         """The dataset of ``path`` cut as ``config`` (a ``ModelConfig``) was trained on, see `dataset_options`."""
-        return cls(path, stride=stride, visual_only=visual_only, num_targets=config.targets.count,
+        return cls(path, stride=stride, visual_only=visual_only, num_targets=config.targets.count, crops=crops,
                    **dataset_options(config, extra))
 
     @property
@@ -415,33 +432,22 @@ class VideoFileDataset(Dataset):
     def __getitem__(self, item: int) -> dict[str, torch.Tensor | str | int]:
         start = self.starts[item]
         w, n = self.windowing, self.num_frames
-        shown = w.clip_frame_indices(start, n)
-        if w.layout == "strided":
-            shown = np.minimum(shown, n - 1)  # padding past the end repeats the last frame
-        wanted = shown[(shown >= 0) & (shown < n)]
-        images = np.zeros((shown.size, self.image_size, self.image_size, 3), dtype=np.uint8)
-        with VideoReader(self.path, sample_rate=self.sample_rate, image_size=self.image_size) as reader:
-            if len(wanted):
-                first, last = int(wanted.min()), int(wanted.max())
-                keep = set(wanted.tolist())
-                decoded = {first + i: image for i, (_, image) in enumerate(reader.iter_frames(first, last - first + 1))
-                           if first + i in keep}
-                for j, frame in enumerate(shown.reshape(-1)):
-                    if frame in decoded:
-                        images[j] = decoded[frame]
-            if self.visual_only:
-                audio = torch.zeros(self.clips, self.audio_samples)
-            else:
-                ends = w.span_ends(start)
-                audio = torch.from_numpy(reader.clip_audio(ends - w.span + 1, ends, self.audio_window))
-        rows = w.rows
-        _, _, frame_index = _labels(w, start, shown, np.zeros((n, self.num_targets), np.float32), np.zeros(n, bool))
-        return {
-            "frames": to_clips(images, self.clips, self.clip_frames),
-            "audio": audio,
-            "labels": torch.zeros(rows, self.num_targets),
-            "mask": torch.zeros(rows, dtype=torch.bool),
-            "frame_index": frame_index,
-            "video": self.path.stem,
-            "start_frame": start,
-        }
+        shown = shown_frames(w, start, n)
+        flat = shown.reshape(-1)
+        wanted = flat[(flat >= 0) & (flat < n)]
+        images = np.zeros((len(flat), self.image_size, self.image_size, 3), dtype=np.uint8)
+        audio = np.zeros((self.clips, self.audio_samples), np.float32)
+        if self.crops is not None:
+            images[flat >= 0] = self.crops[flat[flat >= 0]]
+        if self.crops is None or not self.visual_only:
+            with VideoReader(self.path, sample_rate=self.sample_rate, image_size=self.image_size) as reader:
+                if self.crops is None and len(wanted):
+                    first, last = int(wanted.min()), int(wanted.max())
+                    decoded = dict(zip(range(first, last + 1), (image for _, image in
+                                                                 reader.iter_frames(first, last - first + 1))))
+                    for j, frame in enumerate(flat):
+                        if frame in decoded:
+                            images[j] = decoded[frame]
+                if not self.visual_only:
+                    audio = reader.clip_audio(*clip_spans(w, start), self.audio_window)
+        return window_item(w, start, shown, images, audio, num_targets=self.num_targets, name=self.path.stem)

@@ -1,36 +1,29 @@
 """Inference over a loader, frame-level series per video, and CCC over a whole split.
 
 Each rank predicts its shard; the windows are gathered on every rank and laid out per video by frame
-index, so the CCC is computed over all frames of the split (not averaged over ranks or batches),
-and a frame predicted twice (overlapping windows, padded shards) counts once.
+index (`rja_models.inference.windows.video_series`), so the CCC is computed over all frames of the
+split (not averaged over ranks or batches), and a frame predicted twice (overlapping windows, padded
+shards) counts once.
+
+The protocol is the ABAW challenge's: every frame whose label is not -5 is scored, also a frame
+without a face crop (its prediction is that of the clip it is in, whose input shows the neighbouring
+crop in its place); the report counts those frames apart.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from rja_models.inference.windows import VideoSeries, video_series
 from rja_models.metrics import CCCAccumulator, postprocess
 from rja_models.training.data import model_inputs
 from rja_models.training.distributed import DistContext, all_gather_objects
-
-
-@dataclass
-class VideoSeries:
-    """Frame-level arrays of one video: `pred`, `labels` float32 [N, T], `mask` bool [N] (a label
-    to score), `seen` bool [N] (a prediction exists)."""
-
-    pred: np.ndarray
-    labels: np.ndarray
-    mask: np.ndarray
-    seen: np.ndarray
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -44,52 +37,29 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
 def predict_windows(model: nn.Module, loader: Iterable[dict[str, Any]], device: torch.device, *,
                     amp_dtype: torch.dtype | None = None, progress: bool = False, desc: str = "eval"
                     ) -> list[dict[str, Any]]:
-    """One record per window: video, start_frame, frame predictions/labels/mask as numpy arrays."""
+    """One record per window, numpy arrays: "video", "start_frame", "pred" [R, T] (one row per frame
+    scored), "clip" [L, T] (the model's per-clip values the rows repeat), "labels", "mask" (the
+    training mask), and where the batch has them "frames" [R] (each row's frame), "scored" [R] (the
+    rows the CCC counts) and "face" [R] (the row's frame has its own face crop or detection)."""
     was_training = model.training
     model.eval()
     records = []
     try:
         for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
             with autocast(device, amp_dtype):
-                pred = model(**model_inputs(batch, device))["frame"].float().cpu().numpy()
+                out = model(**model_inputs(batch, device))
+            pred, clip = (out[k].float().cpu().numpy() for k in ("frame", "clip"))
             for i, video in enumerate(batch["video"]):
                 records.append({"video": str(video), "start_frame": int(batch["start_frame"][i]), "pred": pred[i],
-                                "labels": batch["labels"][i].numpy(), "mask": batch["mask"][i].numpy()})
-                if "frame_index" in batch:  # rows are not consecutive frames (dilated/tiled windows, last-frame labels)
-                    records[-1]["frames"] = batch["frame_index"][i].numpy()
+                                "clip": clip[i], "labels": batch["labels"][i].numpy(),
+                                "mask": batch["mask"][i].numpy()})
+                # "frame_index": rows are not consecutive frames (dilated/tiled windows, last-frame labels)
+                for key, name in (("frame_index", "frames"), ("scored", "scored"), ("face", "face")):
+                    if key in batch:
+                        records[-1][name] = batch[key][i].numpy()
     finally:
         model.train(was_training)
     return records
-
-
-def video_series(records: Sequence[dict[str, Any]]) -> dict[str, VideoSeries]:
-    """Lay windows out per video by frame index (a later window overwrites an earlier one's frames)."""
-    by_video: dict[str, list[dict[str, Any]]] = {}
-    for r in records:
-        by_video.setdefault(r["video"], []).append(r)
-    out = {}
-    for video, rows in sorted(by_video.items()):
-        length = max(int(_row_frames(r).max()) + 1 for r in rows)
-        targets = rows[0]["pred"].shape[-1]
-        s = VideoSeries(np.zeros((length, targets), np.float32), np.zeros((length, targets), np.float32),
-                        np.zeros(length, bool), np.zeros(length, bool))
-        for r in rows:
-            at = _row_frames(r)
-            keep = at >= 0  # the authors' first windows start before the video
-            at = at[keep]
-            s.pred[at], s.labels[at], s.mask[at], s.seen[at] = r["pred"][keep], r["labels"][keep], r["mask"][keep], True
-        # Windows pad past the end of a video (mask False): trim after the last labelled frame, if any.
-        labelled = np.flatnonzero(s.mask)
-        end = int(labelled[-1]) + 1 if len(labelled) else length
-        out[video] = VideoSeries(s.pred[:end], s.labels[:end], s.mask[:end], s.seen[:end])
-    return out
-
-
-def _row_frames(record: dict[str, Any]) -> np.ndarray:
-    """The frame of each row of a window record: its "frames", else consecutive from "start_frame"."""
-    if "frames" in record:
-        return np.asarray(record["frames"], dtype=np.int64)
-    return record["start_frame"] + np.arange(len(record["pred"]), dtype=np.int64)
 
 
 def gather_series(ctx: DistContext, records: list[dict[str, Any]]) -> dict[str, VideoSeries]:
@@ -99,15 +69,18 @@ def gather_series(ctx: DistContext, records: list[dict[str, Any]]) -> dict[str, 
 
 def ccc_report(series: dict[str, VideoSeries], names: Sequence[str], clip: tuple[float, float] = (-1.0, 1.0)
                ) -> dict[str, Any]:
-    """`{"overall": {target: CCC, "mean": ...}, "videos": {video: {...}}, "frames": n, "postprocessed":
-    {"overall": ..., "videos": ...}}` over valid frames: the raw per-frame CCC, and the CCC after the
+    """`{"overall": {target: CCC, "mean": ...}, "videos": {video: {...}}, "frames": n,
+    "frames_without_face": m, "postprocessed": {"overall": ..., "videos": ...}}` over the frames to
+    score (`mask`; m of them without a face crop): the raw per-frame CCC, and the CCC after the
     authors' post-processing (`rja_models.metrics.postprocess`: clipped to `clip`, smoothed per video)."""
     acc, post = CCCAccumulator(names), CCCAccumulator(names)
     for video, s in series.items():
         labels, mask = torch.from_numpy(s.labels)[None], torch.from_numpy(s.mask)[None]
         acc.update(torch.from_numpy(s.pred)[None], labels, mask, videos=[video])
         post.update(torch.from_numpy(postprocess(s.pred, names, *clip))[None], labels, mask, videos=[video])
+    without_face = sum(int((s.mask & ~s.face).sum()) for s in series.values())
     return {"overall": acc.compute(), "videos": acc.compute_per_video(), "frames": acc.frames,
+            "frames_without_face": without_face,
             "postprocessed": {"overall": post.compute(), "videos": post.compute_per_video()}}
 
 

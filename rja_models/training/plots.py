@@ -44,8 +44,9 @@ def plot_series(videos: dict[str, dict[str, Any]], names: Sequence[str], path: P
     """One row per video, one column per target: predictions (and the labels, where given) over time.
 
     `videos[name]` holds `"x"` [N] (frame index or seconds), `"pred"` [N, T], and optionally
-    `"labels"` [N, T] with `"mask"` [N] (unlabelled frames are left out of the label curve) and
-    `"ccc"` {target: CCC} (shown in the titles). `ylim` is the targets' range, fixed so that plots compare.
+    `"labels"` [N, T] with `"mask"` [N] (unlabelled frames are left out of the label curve),
+    `"ccc"` {target: CCC} (shown in the titles) and `"no_face"` bool [N] (frames without a detected
+    face, shaded). `ylim` is the targets' range, fixed so that plots compare.
     """
     fig, axes = plt.subplots(len(videos), len(names), figsize=(5 * len(names), 2.4 * len(videos)),
                              squeeze=False, sharey=True)
@@ -54,6 +55,9 @@ def plot_series(videos: dict[str, dict[str, Any]], names: Sequence[str], path: P
             if s.get("labels") is not None:
                 truth = np.where(s["mask"], s["labels"][:, t], np.nan)
                 ax.plot(s["x"], truth, color="black", linewidth=1.2, label="true")
+            if s.get("no_face") is not None and np.any(s["no_face"]):
+                ax.fill_between(s["x"], 0, 1, where=s["no_face"], step="mid", color="gray", alpha=0.25, linewidth=0,
+                                transform=ax.get_xaxis_transform(), label="no face detected")
             ax.plot(s["x"], s["pred"][:, t], color="tab:red", linewidth=1.0, label="predicted")
             score = f" (CCC {s['ccc'][name]:.3f})" if s.get("ccc") else ""
             ax.set_title(f"{video}: {name}{score}", fontsize=9)
