@@ -182,3 +182,31 @@ def test_missing_faces_extra_is_one_line(sources, tmp_path, capsys, monkeypatch)
     monkeypatch.setitem(sys.modules, "dlib", None)
     line = fails_with_one_line([sources["a"], "--out", tmp_path / "tree"], capsys)
     assert 'pip install "rja[faces]"' in line
+
+
+@needs_dlib
+def test_prepare_train_predict_round_trip(sources, tmp_path):
+    """Raw videos -> prepare -> a user's labels -> train (tiny, 1 epoch) -> predict on a raw video."""
+    from rja_models import predict, train
+
+    root = run_prepare(sources["a"], sources["b"], "--out", tmp_path / "tree", "--crop-size", "32", "--quiet")
+    values = np.linspace(-0.9, 0.9, N)
+    for split, name in (("Train_Set", "a"), ("Validation_Set", "b")):
+        labels = root / "VA_Estimation_Challenge" / split
+        labels.mkdir(parents=True)
+        (labels / f"{name}.txt").write_text("valence,arousal\n" + "".join(f"{v:.3f},{-v:.3f}\n" for v in values))
+    run = tmp_path / "run"
+    train.main(["--data", "affwild2", "--data-root", str(root), "--image-size", "32", "--clips", "2",
+                "--clip-frames", "4", "--lstm-hidden", "16", "--head-hidden", "16", "--pooling-hidden", "16",
+                "--n-mels", "32", "--batch-size", "2", "--epochs", "1", "--out", str(run), "--quiet",
+                "--no-tensorboard"])
+    csv_path = predict.main([str(sources["b"]), "--checkpoint", str(run / "best.pt"), "--out", str(tmp_path / "p"),
+                             "--quiet"])
+    with csv_path.open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["frame"]) for r in rows] == list(range(N))
+    assert set(rows[0]) == {"frame", "timestamp", "valence", "arousal", "face"}
+    faces = np.array([r["face"] == "1" for r in rows])
+    assert not faces[list(COVERED)].any() and faces[COVERED.stop:].all()
+    pred = np.array([[float(r["valence"]), float(r["arousal"])] for r in rows])
+    assert np.isfinite(pred).all() and (np.abs(pred) <= 1).all()
