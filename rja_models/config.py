@@ -68,8 +68,11 @@ class ModelConfig:
     attention_hidden: int = 32  # k, of fusion="jca" only
     iterations: int = 2  # T
     shared_weights: bool = False  # True: one weight set for every iteration (Tw = 1), else Tw = T
-    h_tanh: bool = False  # fusion="rja": relu(tanh(G)) as the authors' released code, else the paper's relu(G)
-    out_relu: bool = False  # fusion="rja": x + relu(U) as the authors' released code, else the paper's x + U
+    # fusion="rja": the two non-linearities the authors' released code adds to Eq. 1-6, on by default:
+    # relu(tanh(G)) bounds the attention map, and the paper's unbounded relu(G) (--no-h-tanh
+    # --no-out-relu) trains unstably at the CPU preset (README, Results).
+    h_tanh: bool = True
+    out_relu: bool = True  # fusion="rja": x + relu(U) as the released code, else the paper's x + U
     unimodal_blstm: bool = True
     joint_blstm: bool = True
     lstm_hidden: int = 256  # J-BLSTM hidden size per direction; the U-BLSTMs keep da/dv (da//2 per direction)
