@@ -59,6 +59,7 @@ def extract_features(model: RJAModel, loader: Iterable[dict[str, Any]], out_dir:
                         "video": video, "start_frame": int(batch["start_frame"][i]),
                         "xa": _row(xa, i, config.clips), "xv": _row(xv, i, config.clips),
                         "labels": batch["labels"][i], "mask": batch["mask"][i],
+                        "scored": batch.get("scored", batch["mask"])[i],
                     })
             for video in list(pending):
                 flush(video)

@@ -70,3 +70,18 @@ def test_bad_feature_files(tmp_path):
     save_features(tmp_path, pieces("b", 2, 1, da=6), clip_frames=F)
     with pytest.raises(DataError, match=r"b\.pt: clip_frames/targets/feature sizes differ"):
         FeatureDataset(tmp_path)
+
+
+def test_scored_frames_round_trip_and_default_to_the_mask(tmp_path):
+    """The official protocol scores frames without a crop too: their "scored" rows survive the
+    feature files (and files without them fall back to the training mask)."""
+    a = pieces("a", 2, 1)
+    a[0]["mask"] = torch.arange(2 * F) % 2 == 0
+    a[0]["scored"] = a[0]["mask"] | (torch.arange(2 * F) % 3 == 0)  # crop-less frames 3, 9 scored too
+    assert not torch.equal(a[0]["scored"], a[0]["mask"])
+    save_features(tmp_path / "with", a, clip_frames=F)
+    item = FeatureDataset(tmp_path / "with", clips=2)[0]
+    assert torch.equal(item["scored"], a[0]["scored"]) and torch.equal(item["mask"], a[0]["mask"])
+    del a[0]["scored"]
+    save_features(tmp_path / "without", a, clip_frames=F)
+    assert torch.equal(FeatureDataset(tmp_path / "without", clips=2)[0]["scored"], a[0]["mask"])

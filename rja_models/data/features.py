@@ -5,7 +5,8 @@ strings and lists (loadable with ``torch.load(weights_only=True)``)::
 
     {"format": 1, "video": str, "clip_frames": F, "target_names": [str, ...],
      "xa": float32 [N, da], "xv": float32 [N, dv],        # one row per clip
-     "labels": float32 [N*F, T], "mask": bool [N*F]}      # one row per frame
+     "labels": float32 [N*F, T], "mask": bool [N*F],      # one row per frame
+     "scored": bool [N*F]}  # optional: the frames the CCC scores (label not -5, crop or not); else "mask"
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def save_features(
     """Write per-video feature files into directory ``path``; return the files written.
 
     Each record holds ``"video"`` (str), ``"xa"`` [n, da], ``"xv"`` [n, dv] (n clips),
-    ``"labels"`` [n*F, T], ``"mask"`` [n*F] and optionally ``"start_frame"`` (default 0). Records of
+    ``"labels"`` [n*F, T], ``"mask"`` [n*F] and optionally ``"scored"`` [n*F] (the frames the CCC
+    scores; default ``"mask"``) and ``"start_frame"`` (default 0). Records of
     one video may come in pieces, e.g. one per (unbatched) dataset item with stride
     ``clips * clip_frames``: they are ordered by ``start_frame`` and concatenated, and must tile the
     video without gap or overlap.
@@ -71,12 +73,14 @@ def save_features(
             "xv": _cat(parts, "xv", torch.float32),
             "labels": _cat(parts, "labels", torch.float32),
             "mask": _cat(parts, "mask", torch.bool),
+            "scored": torch.cat([torch.as_tensor(p.get("scored", p["mask"])).cpu().to(torch.bool) for p in parts]),
         }
         clips = len(data["xa"])
         if (
             len(data["xv"]) != clips
             or len(data["labels"]) != clips * clip_frames
             or len(data["mask"]) != len(data["labels"])
+            or len(data["scored"]) != len(data["labels"])
         ):
             raise ValueError(
                 f"{video}: {clips} audio clips, {len(data['xv'])} visual clips, {len(data['labels'])} "
@@ -92,7 +96,9 @@ class FeatureDataset(Dataset):
     """Sub-sequences of ``clips`` clips from files written by :func:`save_features`.
 
     Items: ``"xa"`` [L, da], ``"xv"`` [L, dv], ``"labels"`` [L*F, T], ``"mask"`` [L*F] (False past
-    the end of the video, where features and labels are zero), ``"video"``, ``"start_frame"``.
+    the end of the video, where features and labels are zero), ``"scored"`` [L*F] (the frames the
+    CCC scores: also those without a face crop; ``"mask"`` for files written without it),
+    ``"video"``, ``"start_frame"``.
 
     Args:
         path: the directory of ``<video>.pt`` files.
@@ -159,6 +165,7 @@ class FeatureDataset(Dataset):
             "xv": window(r["xv"], start, clips),
             "labels": window(r["labels"], start * f, clips * f),
             "mask": window(r["mask"], start * f, clips * f),
+            "scored": window(r.get("scored", r["mask"]), start * f, clips * f),
             "video": r["video"],
             "start_frame": start * f,
         }
