@@ -106,6 +106,7 @@ def test_metrics_log_each_epoch(features, tmp_path):
         assert set(entry["train"]) == set(entry["val"]) == {"valence", "arousal", "mean"}
         assert math.isfinite(entry["train_loss"]) and math.isfinite(entry["val_loss"])
         assert entry["val_loss"] == pytest.approx(1 - entry["val"]["mean"], abs=1e-4)  # --loss ccc over the split
+        assert entry["val_frames"] > 0 and 0 <= entry["val_frames_without_face"] <= entry["val_frames"]
 
 
 def test_plots(monkeypatch, tmp_path):

@@ -285,7 +285,8 @@ class Trainer:
             report, series = self.validate(self.progress)
             val = report["overall"]
             entry = {"epoch": epoch, **trained, "val_loss": split_loss(args.loss, series), "val": val,
-                     "val_postprocessed": report["postprocessed"]["overall"], "seconds": time.perf_counter() - start}
+                     "val_postprocessed": report["postprocessed"]["overall"], "val_frames": report["frames"],
+                     "val_frames_without_face": report["frames_without_face"], "seconds": time.perf_counter() - start}
             state.epoch = epoch
             state.history.append(entry)
             score = (entry["val_postprocessed"] if getattr(args, "best_on", "raw") == "postprocessed" else val)["mean"]
