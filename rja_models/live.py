@@ -30,10 +30,10 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import Any
 
-from rja_models.checkpoint import model_from_checkpoint
 from rja_models.cli import UsageError, command_parser, run_command
 from rja_models.data.video import fit_image
 from rja_models.data.windows import Windowing
+from rja_models.inference.model import load_for_inference
 from rja_models.inference.stream import (
     LiveStats,
     Prepare,
@@ -44,11 +44,9 @@ from rja_models.inference.stream import (
     predict_window,
     run_stream,
 )
-from rja_models.training.distributed import resolve_device
 from rja_models.training.options import (
     COUNT,
     POSITIVE_INT,
-    check_backend,
     device_name,
     input_file,
     output_file,
@@ -124,12 +122,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if not args.quiet:
             print(f"{PROG}: {message}", file=sys.stderr, flush=True)
 
-    device = resolve_device(args.device)
-    model, config, ckpt = model_from_checkpoint(args.checkpoint, map_location=device)
-    check_backend(config, device, source=f"--checkpoint {args.checkpoint}: its backend")
-    if not config.use_backbones:
-        raise UsageError(f"--checkpoint {args.checkpoint} was trained on precomputed features; predicting from a "
-                         "stream needs a model with backbones")
+    device, model, config, ckpt = load_for_inference(args.checkpoint, args.device, "stream")
     # Windows placed every --stride frames from frame 0 ("tiled" windows are placed ahead of time);
     # a window inside the stream shows the same frames under either layout.
     windowing = dataclasses.replace(Windowing.from_config(config), layout="strided")

@@ -34,21 +34,20 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from rja_models.checkpoint import model_from_checkpoint
 from rja_models.cli import UsageError, command_parser, run_command
 from rja_models.data import VideoFileDataset, VideoInfo, Windowing, probe_video
 from rja_models.inference.faces import FacePipeline, FaceTrack, aligned_crops, require_face_models, track_video_file
+from rja_models.inference.model import load_for_inference
 from rja_models.inference.overlay import OVERLAY_EXTENSIONS, write_overlay
 from rja_models.inference.windows import frame_predictions
 from rja_models.training.data import eval_loader
-from rja_models.training.distributed import DistContext, resolve_device
+from rja_models.training.distributed import DistContext
 from rja_models.training.evaluation import predict_windows
 from rja_models.training.logs import progress_enabled, say
 from rja_models.training.options import (
     COUNT,
     NON_NEGATIVE_FLOAT,
     POSITIVE_INT,
-    check_backend,
     device_name,
     input_file,
     output_dir,
@@ -163,12 +162,7 @@ def face_crops(video: Path, track: FaceTrack, pipeline: FacePipeline, workdir: P
 
 def run(args: argparse.Namespace) -> Path:
     """Write the CSV, the plot and the --overlay video; returns the CSV's path."""
-    device = resolve_device(args.device)
-    model, config, ckpt = model_from_checkpoint(args.checkpoint, map_location=device)
-    check_backend(config, device, source=f"--checkpoint {args.checkpoint}: its backend")
-    if not config.use_backbones:
-        raise UsageError(f"--checkpoint {args.checkpoint} was trained on precomputed features; predicting from a "
-                         "video needs a model with backbones")
+    device, model, config, ckpt = load_for_inference(args.checkpoint, args.device, "video")
     windowing = Windowing.from_config(config)
     info = probe_video(args.video)
     check_inputs(args, windowing, info, config.uses_audio)
