@@ -49,6 +49,7 @@ from rja_models.training.options import (
     NON_NEGATIVE_FLOAT,
     POSITIVE_INT,
     device_name,
+    face_box,
     input_file,
     output_dir,
     output_file,
@@ -59,20 +60,6 @@ from rja_models.training.plots import plot_series
 PROG = "python -m rja_models.predict"
 # Face crops of longer videos go to a memory-mapped file in a temporary folder, not into memory.
 _CROPS_IN_MEMORY_BYTES = 1 << 30
-
-
-def face_box(text: str) -> tuple[float, float, float, float]:
-    """An argparse `type`: `X0,Y0,X1,Y1`, a box in the frame's pixels with X1 > X0 >= 0 and Y1 > Y0 >= 0."""
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 4 or not all(math.isfinite(v) for v in values):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected X0,Y0,X1,Y1, four numbers (pixels)")
-    x0, y0, x1, y1 = values
-    if not (x1 > x0 >= 0 and y1 > y0 >= 0):
-        raise argparse.ArgumentTypeError(f"{text!r}: needs X1 > X0 >= 0 and Y1 > Y0 >= 0")
-    return values
 
 
 def overlay_file(text: str) -> Path:

@@ -46,23 +46,12 @@ from rja_models.inference.faces import (
     track_video_file,
 )
 from rja_models.training.logs import progress_enabled, say
-from rja_models.training.options import COUNT, POSITIVE_INT, input_file, number, output_dir, parse_args
+from rja_models.training.options import COUNT, POSITIVE_INT, face_box, input_file, number, output_dir, parse_args
 
 PROG = "python -m rja_models.prepare"
 MARKER = ".prepared"
 """In a video's crop folder, written last: the options and the source it was made from (JSON)."""
 JPEG_QUALITY = 92
-
-
-def box_option(text: str) -> tuple[float, float, float, float]:
-    """An argparse `type`: `X0,Y0,X1,Y1` in the video's pixels, X1 > X0 and Y1 > Y0."""
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 4 or not (values[2] > values[0] and values[3] > values[1]):
-        raise argparse.ArgumentTypeError(f"{text!r} is not X0,Y0,X1,Y1 with X1 > X0 and Y1 > Y0")
-    return values  # type: ignore[return-value]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="side of the square crops, the model's image size (default: %(default)s)")
     parser.add_argument("--face-index", type=COUNT, default=0,
                         help="follow the N-th largest face instead of the largest, 0 (default: %(default)s)")
-    parser.add_argument("--box", type=box_option, default=None, metavar="X0,Y0,X1,Y1",
+    parser.add_argument("--box", type=face_box, default=None, metavar="X0,Y0,X1,Y1",
                         help="follow the face overlapping this box (video pixels) most; overrides --face-index")
     parser.add_argument("--detect-every", type=POSITIVE_INT, default=DEFAULT_DETECT_EVERY,
                         help="run the face detector every N frames, follow the landmarks in between "

@@ -32,7 +32,6 @@ from .video import (
     AudioWindow,
     VideoInfo,
     VideoReader,
-    clip_audio_samples,
     fit_image,
     probe_video,
     require_audio,
@@ -169,14 +168,6 @@ def _labels(windowing: Windowing, start: int, shown: np.ndarray, seq: _Sequence)
             "scored": torch.from_numpy(scored), "face": torch.from_numpy(face), "frame_index": torch.from_numpy(rows)}
 
 
-def _audio_window(seconds: float | None, samples: int | None, sample_rate: int, anchor: str,
-                  fps: float, span: int) -> AudioWindow:
-    """The clip audio window: ``seconds``, else ``samples`` at ``sample_rate``, else one clip span at ``fps``."""
-    if not seconds:
-        seconds = (samples or clip_audio_samples(span, fps, sample_rate)) / sample_rate
-    return AudioWindow(seconds, sample_rate, anchor)
-
-
 class AffWild2Dataset(Dataset):
     """Sub-sequences of ``clips`` clips of ``clip_frames`` frames from an Aff-Wild2-layout tree.
 
@@ -271,8 +262,8 @@ class AffWild2Dataset(Dataset):
             self.sequences.append(_Sequence(name, labels, label_ok, has_crop, fill, crops, video))
         self.target_names: list[str] = list(target_names or [])
         fps = Counter(round(s.video.fps, 2) for s in self.sequences if s.video is not None).most_common(1)
-        self.audio_window = _audio_window(audio_seconds, audio_samples, sample_rate, audio_anchor,
-                                          fps[0][0] if fps else _ASSUMED_FPS, self.windowing.span)
+        self.audio_window = AudioWindow.for_clips(audio_seconds, audio_samples, sample_rate, audio_anchor,
+                                                  fps[0][0] if fps else _ASSUMED_FPS, self.windowing.span)
         self.audio_samples = self.audio_window.samples
         self.index = [(i, start) for i, s in enumerate(self.sequences) for start in self._starts(s)]
 
@@ -399,8 +390,8 @@ class VideoFileDataset(Dataset):
         self.clip_frames, self.clips, self.num_targets = clip_frames, clips, num_targets
         self.windowing = Windowing(clips, clip_frames, dilation, layout, label_frame)
         self.sample_rate, self.image_size, self.visual_only = sample_rate, image_size, visual_only
-        self.audio_window = _audio_window(audio_seconds, audio_samples, sample_rate, audio_anchor, self.info.fps,
-                                          self.windowing.span)
+        self.audio_window = AudioWindow.for_clips(audio_seconds, audio_samples, sample_rate, audio_anchor,
+                                                  self.info.fps, self.windowing.span)
         self.audio_samples = self.audio_window.samples
         self.starts = self.windowing.starts(self.num_frames, stride)
 

@@ -7,13 +7,12 @@ from a live source), so a window cut from a stream is the same input as the same
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from .video import AudioWindow, clip_audio_samples, to_clips
+from .video import AudioWindow, to_clips
 from .windows import Windowing
 
 
@@ -31,21 +30,12 @@ def clip_spans(windowing: Windowing, start: int) -> tuple[np.ndarray, np.ndarray
     return ends - windowing.span + 1, ends
 
 
-def clip_audio_starts(window: AudioWindow, first_times: Sequence[float], last_times: Sequence[float]) -> list[float]:
-    """Time of each clip's first audio sample, given the times of its span's first and last frames; on
-    the sample grid, so a clip's samples are the same whichever buffer they are cut from."""
-    sr = window.sample_rate
-    return [round(window.start_time(a, b) * sr) / sr for a, b in zip(first_times, last_times)]
-
-
 def model_audio_window(config: Any, extra: dict[str, Any] | None, fps: float) -> AudioWindow:
     """The clip audio a ``ModelConfig`` was trained with (see `AudioWindow.from_config`), else one clip
     span at ``fps``, as `VideoFileDataset.for_model` cuts it."""
     window = AudioWindow.from_config(config, extra)
-    if window is not None:
-        return window
-    samples = clip_audio_samples(config.clip_span, fps, config.sample_rate)
-    return AudioWindow(samples / config.sample_rate, config.sample_rate, config.audio_anchor)
+    return AudioWindow.for_clips(window and window.seconds, None, config.sample_rate, config.audio_anchor, fps,
+                                 config.clip_span)
 
 
 def window_item(windowing: Windowing, start: int, shown: np.ndarray, images: np.ndarray, audio: np.ndarray,

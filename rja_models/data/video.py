@@ -162,8 +162,19 @@ class AudioWindow:
         return max(1, round(self.seconds * self.sample_rate))
 
     def start_time(self, first: float, last: float) -> float:
-        """Time of the first sample for a clip whose first and last frames are at ``first`` and ``last``."""
-        return first if self.anchor == "start" else last - self.samples / self.sample_rate
+        """Time of the first sample for a clip whose first and last frames are at ``first`` and ``last``,
+        on the sample grid: a clip's samples are then the same whichever read they are cut from."""
+        start = first if self.anchor == "start" else last - self.samples / self.sample_rate
+        return round(start * self.sample_rate) / self.sample_rate
+
+    @classmethod
+    def for_clips(cls, seconds: float | None, samples: int | None, sample_rate: int, anchor: str, fps: float,
+                  span: int) -> AudioWindow:
+        """``seconds`` of audio per clip, else ``samples`` at ``sample_rate``, else one clip span of
+        ``span`` frames at ``fps``."""
+        if not seconds:
+            seconds = (samples or clip_audio_samples(span, fps, sample_rate)) / sample_rate
+        return cls(seconds, sample_rate, anchor)
 
     @classmethod
     def from_config(cls, config: object, extra: dict | None = None) -> AudioWindow | None:
@@ -339,9 +350,8 @@ class VideoReader:
         """
         if window.sample_rate != self.sample_rate:
             raise ValueError(f"audio window at {window.sample_rate} Hz, reader at {self.sample_rate} Hz")
-        info, sr = self.info, self.sample_rate
-        # On the sample grid: a clip's samples are then the same whichever read they are cut from.
-        starts = [round(window.start_time(info.frame_time(int(a)), info.frame_time(int(b))) * sr) / sr
+        info = self.info
+        starts = [window.start_time(info.frame_time(int(a)), info.frame_time(int(b)))
                   for a, b in zip(first_frames, last_frames)]
         return self.read_clip_audio(starts, window.samples)
 

@@ -36,7 +36,7 @@ from torch import nn
 from torch.utils.data import default_collate
 
 from rja_models.cli import UsageError
-from rja_models.data.clip_input import clip_audio_starts, clip_spans, model_audio_window, shown_frames, window_item
+from rja_models.data.clip_input import clip_spans, model_audio_window, shown_frames, window_item
 from rja_models.data.video import AudioWindow, _nominal_fps
 from rja_models.data.windows import Windowing
 from rja_models.inference.windows import frame_predictions
@@ -271,8 +271,8 @@ class WindowScheduler:
     def _audio_starts(self, start: int, known: int) -> tuple[list[int], int]:
         """Each clip's first sample index and the samples per clip."""
         firsts, lasts = clip_spans(self.windowing, start)
-        times = clip_audio_starts(self.audio_window, [self._frame_time(int(i), known) for i in firsts],
-                                  [self._frame_time(int(i), known) for i in lasts])
+        times = [self.audio_window.start_time(self._frame_time(int(a), known), self._frame_time(int(b), known))
+                 for a, b in zip(firsts, lasts)]
         return [round(t * self.audio_window.sample_rate) for t in times], self.audio_window.samples
 
     def _window(self, start: int, count: int) -> Window:

@@ -99,6 +99,20 @@ def output_file(text: str) -> Path:
     return path
 
 
+def face_box(text: str) -> tuple[float, float, float, float]:
+    """An argparse `type`: `X0,Y0,X1,Y1`, a box in the frame's pixels with X1 > X0 >= 0 and Y1 > Y0 >= 0."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected X0,Y0,X1,Y1, four numbers (pixels)")
+    x0, y0, x1, y1 = values
+    if not (x1 > x0 >= 0 and y1 > y0 >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: a box X0,Y0,X1,Y1 needs X1 > X0 >= 0 and Y1 > Y0 >= 0")
+    return values
+
+
 def device_name(text: str) -> str:
     """An argparse `type`: `auto` or a device torch knows (cpu, cuda, cuda:N, ...)."""
     if text != "auto":
