@@ -12,7 +12,7 @@ flat 640x480 background is encoded first (not timed). Timed, each from the file:
   predict run, JPEG writing aside);
 * stream: decode + `FaceStream.update` per frame (the live mode's per-frame work).
 
-Each line gives frames per second and the real-time factor (fps / the clip's frame rate; > 1 keeps
+Each line gives frames per second and the speed against real time (fps / the clip's frame rate; > 1 keeps
 up). The load average is printed too: on a shared machine the figures are lower bounds.
 """
 
@@ -98,7 +98,7 @@ def main() -> None:
         results["stream"] = timed(run_stream)
         for name, (frames, seconds) in results.items():
             fps = frames / seconds
-            print(f"{name:8s} {fps:7.1f} frames/s   real-time factor {fps / info.fps:5.2f}   ({seconds:.2f} s)")
+            print(f"{name:8s} {fps:7.1f} frames/s   {fps / info.fps:5.2f}x real time   ({seconds:.2f} s)")
         found = track.detected.mean()
         print(f"face found on {found:.1%} of the frames; load average after: {os.getloadavg()[0]:.2f}")
 
