@@ -58,15 +58,36 @@ def device_fn(fn):
     return call
 
 
-def tile_configs(interpreted: dict[str, int], gpu: list[tuple[dict[str, int], int, int]]) -> list[triton.Config]:
-    """Autotuning candidates: on the GPU `(tiles, num_warps, num_stages)` each; in the interpreter one
-    config, since autotuning there would time Python, not the GPU.
+# Where L pads to 64 or more, the [BM, BL] and [BL, BD] tiles outgrow the register file. Compiled
+# for sm_90 (benchmarks/triton_registers.py, no GPU needed), every float32 candidate of the
+# "long" benchmark size (L = 64) kept 1-10 KB per thread on the stack, and the backward's bfloat16
+# ones 3-4 KB; 16-row tiles over 8 warps keep 0-650 bytes. Those are added as candidates there.
+LONG_L = 64
+
+
+def tile_configs(interpreted: dict[str, int], gpu: list[tuple[dict[str, int], int, int]],
+                 long_stages: int) -> list[triton.Config]:
+    """Autotuning candidates: on the GPU `(tiles, num_warps, num_stages)` each, plus 16-row tiles
+    on 8 warps (`long_stages` stages) that `prune_by_length` keeps for long sequences only; in the
+    interpreter one config, since autotuning there would time Python, not the GPU.
 
     Few GPU configs: each is compiled per dtype and padding of `L` at the first use of a shape, and
     compiling dominates a first call (a GPU run of the tests spent most of its time there)."""
     if INTERPRETED:
         return [triton.Config(interpreted, num_warps=1)]
-    return [triton.Config(tiles, num_warps=w, num_stages=s) for tiles, w, s in gpu]
+    configs = [triton.Config(tiles, num_warps=w, num_stages=s) for tiles, w, s in gpu]
+    for bd in (32, 64):
+        config = triton.Config({"BM": 16, "BD": bd}, num_warps=8, num_stages=long_stages)
+        config.long_only = True
+        configs.append(config)
+    return configs
+
+
+def prune_by_length(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """The autotuners' `early_config_prune`: the long-sequence candidates only where `L` pads to
+    `LONG_L` or more (elsewhere they would only add compile time)."""
+    long = pad16(named_args["L"]) >= LONG_L
+    return [c for c in configs if long or not getattr(c, "long_only", False)]
 
 
 def dot_precision(dtype: torch.dtype) -> str:

@@ -33,6 +33,7 @@ from rja_kernels._triton_common import (
     dot_precision,
     load_j_tile,
     pad16,
+    prune_by_length,
     tanh,
     tanh_and_grad,
     tile_configs,
@@ -42,9 +43,9 @@ from rja_kernels._triton_common import (
 # In the interpreter: tiles large enough that the small test shapes take few (slow, interpreted)
 # loop trips.
 _FWD_CONFIGS = tile_configs({"BM": 32, "BD": 64}, [
-    ({"BM": bm, "BD": bd}, w, 2) for bm, bd, w in ((64, 64, 4), (64, 128, 8), (128, 64, 8))])
+    ({"BM": bm, "BD": bd}, w, 2) for bm, bd, w in ((64, 64, 4), (64, 128, 8), (128, 64, 8))], long_stages=2)
 _BWD_CONFIGS = tile_configs({"BM": 32, "BD": 64}, [
-    ({"BM": bm, "BD": bd}, w, 1) for bm, bd, w in ((32, 64, 4), (64, 64, 8))])
+    ({"BM": bm, "BD": bd}, w, 1) for bm, bd, w in ((32, 64, 4), (64, 64, 8))], long_stages=1)
 
 
 @device_fn
@@ -78,7 +79,8 @@ def _fwd_modality(x, x_dst, ja, jv, w_j, w_u, w_c, w_h, L, DM, DA, D, K, scale,
         tl.store(x_dst + offs_l[None, :] * DM + rows[:, None], cast(out, dt), mask=mxt)
 
 
-@triton.autotune(configs=_FWD_CONFIGS, key=["L", "DA", "DV", "K", "T"])
+@triton.autotune(configs=_FWD_CONFIGS, key=["L", "DA", "DV", "K", "T"],
+                   prune_configs_by={"early_config_prune": prune_by_length})
 @triton.jit(do_not_specialize=["B", "T", "W_PER_ITER"])
 def _jca_fwd_kernel(xa, xv, w_ja, w_jv, w_a, w_v, w_ca, w_cv, w_ha, w_hv,
                     xa_out, xv_out, xa_it, xv_it,
@@ -184,7 +186,8 @@ def _bwd_modality(x, ja, jv, g_cur, g_next, COL0, w_j, w_u, w_c, w_h, gw_j, gw_u
     acc_store(gw_h + offs_l[:, None] * K + offs_k[None, :], gwh, mlk, acc_w)
 
 
-@triton.autotune(configs=_BWD_CONFIGS, key=["L", "DA", "DV", "K", "T"])
+@triton.autotune(configs=_BWD_CONFIGS, key=["L", "DA", "DV", "K", "T"],
+                   prune_configs_by={"early_config_prune": prune_by_length})
 @triton.jit(do_not_specialize=["B", "T", "TW"])
 def _jca_bwd_kernel(grad_xa, grad_xv, xa_it, xv_it, w_ja, w_jv, w_a, w_v, w_ca, w_cv, w_ha, w_hv,
                     gxa, gxv, g_scratch, p_ja, p_jv, p_a, p_v, p_ca, p_cv, p_ha, p_hv,

@@ -57,6 +57,7 @@ from rja_kernels._triton_common import (
     dot_precision,
     load_j_tile,
     pad16,
+    prune_by_length,
     tanh,
     tanh_and_grad,
     tile_configs,
@@ -66,9 +67,9 @@ from rja_kernels._triton_common import (
 # In the interpreter: tiles smaller than the tests' odd sizes, so every loop takes several trips and
 # a ragged last tile, yet few trips (each interpreted op is slow).
 _FWD_CONFIGS = tile_configs({"BM": 16, "BD": 32}, [
-    ({"BM": bm, "BD": bd}, w, 2) for bm, bd, w in ((32, 64, 4), (64, 64, 4), (64, 128, 8))])
+    ({"BM": bm, "BD": bd}, w, 2) for bm, bd, w in ((32, 64, 4), (64, 64, 4), (64, 128, 8))], long_stages=2)
 _BWD_CONFIGS = tile_configs({"BM": 16, "BD": 32}, [
-    ({"BM": bm, "BD": bd}, w, 1) for bm, bd, w in ((32, 64, 4), (64, 64, 8))])
+    ({"BM": bm, "BD": bd}, w, 1) for bm, bd, w in ((32, 64, 4), (64, 64, 8))], long_stages=1)
 
 
 @device_fn
@@ -174,7 +175,8 @@ def _residual(h_src, w_h, x, dst, L, DM, D, OUT_RELU: tl.constexpr,
         tl.store(dst + offs, cast(xm.to(tl.float32) + u, dt), mask=m)
 
 
-@triton.autotune(configs=_FWD_CONFIGS, key=["L", "DA", "DV", "T"])
+@triton.autotune(configs=_FWD_CONFIGS, key=["L", "DA", "DV", "T"],
+                   prune_configs_by={"early_config_prune": prune_by_length})
 @triton.jit(do_not_specialize=["B", "T", "W_PER_ITER"])
 def _paper_fwd_kernel(xa, xv, w_ja, w_jv, w_ca, w_cv, w_ha, w_hv, xa_out, xv_out, xa_it, xv_it, ws,
                       B, T, W_PER_ITER, L, DA, DV, scale,
@@ -320,7 +322,8 @@ def _grad_x_q(gq_src, w_c, g_next, COL0, L, DM, D, BL: tl.constexpr, BM: tl.cons
         acc_store(g_next + offs_l[:, None] * D + COL0 + rows[None, :], acc, ml[:, None] & mr[None, :], True)
 
 
-@triton.autotune(configs=_BWD_CONFIGS, key=["L", "DA", "DV", "T"])
+@triton.autotune(configs=_BWD_CONFIGS, key=["L", "DA", "DV", "T"],
+                   prune_configs_by={"early_config_prune": prune_by_length})
 @triton.jit(do_not_specialize=["B", "T", "TW"])
 def _paper_bwd_kernel(grad_xa, grad_xv, xa_it, xv_it, w_ja, w_jv, w_ca, w_cv, w_ha, w_hv, gxa, gxv, ws, fs,
                       h_sa, h_sv, gu_sa, gu_sv, gq_sa, gq_sv, gp_sa, gp_sv,
