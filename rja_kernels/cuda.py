@@ -36,9 +36,10 @@ except ImportError as err:
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 EMULATE_ENV = "RJA_CUDA_EMULATE"
 # Launch shape of the emulated kernels: small blocks and tiles, since every GPU thread is a fiber
-# there, and tiles smaller than the test sizes make every loop take its ragged last tile. The GPU
-# build uses 256 threads and tiles of 32 rows and 64 features (csrc/cuda/host.h, Config).
-EMULATED_CONFIG = {"threads": 64, "rows": 16, "cols": 24}
+# there, and tiles smaller than the test sizes make every loop take its ragged last tile. Multiples
+# of 16, so float16/bfloat16 take the paper form's tensor-core path, as on the GPU, which uses 256
+# threads and tiles of 32 rows and 64 features (csrc/cuda/host.h, Config).
+EMULATED_CONFIG = {"threads": 64, "rows": 16, "cols": 48}
 _config = dict(EMULATED_CONFIG)
 
 

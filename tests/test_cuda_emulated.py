@@ -10,8 +10,10 @@ with the reference's forward, gradients with the reference's analytic backward e
 kernel's own saved features, so the comparison measures arithmetic, not where an ulp of an input or
 an iterate moves a relu kink.
 
-The emulated launch shape (`cuda.EMULATED_CONFIG`: 64 threads, tiles of 16 rows and 24 features)
-is smaller than the sizes below, so every tiled loop takes several tiles and a ragged last one.
+The emulated launch shape (`cuda.EMULATED_CONFIG`: 64 threads, tiles of 16 rows and 48 features)
+is smaller than the sizes below, so every tiled loop takes several tiles and a ragged last one. Its
+tiles are multiples of 16, so float16 and bfloat16 run the paper form's forward on (emulated) tensor
+cores, as on the GPU; other launch shapes run them on CUDA cores.
 """
 
 import pytest
@@ -23,6 +25,7 @@ from rja_kernels.testing import call_operator, low_precision_tolerance, make_inp
 
 PAPER, JCA = "recursive_joint_attention", "joint_cross_attention"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+LOW_DTYPES = [torch.float16, torch.bfloat16]
 SWITCHES = [{}, {"h_tanh": True}, {"out_relu": True}, {"h_tanh": True, "out_relu": True}]
 
 
@@ -89,7 +92,7 @@ def check(operator, b, seq, da, dv, iterations, tw, dtype, k=None, options=None,
 @pytest.mark.parametrize("options", SWITCHES, ids=_switch_id)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_paper_odd_sizes(dtype, options):
-    # d = 64: three column tiles (24, 24, 16); da = 24: two row tiles, dv = 40: three, ragged.
+    # d = 64: two column tiles (48, 16); da = 24: two row tiles, dv = 40: three, ragged.
     check(PAPER, 2, 5, 24, 40, 2, 2, dtype, options=options)
 
 
@@ -123,6 +126,40 @@ LAUNCH_IDS = ["ragged", "single-tile", "gpu-config"]
 def test_paper_launch_shapes(config):
     check(PAPER, 2, 6, 24, 40, 2, 2, torch.float32, options={"h_tanh": True}, config=config)
     check(PAPER, 1, 6, 24, 40, 2, 1, torch.float32, options={"out_relu": True}, config=config)
+
+
+TENSOR_CORE_SHAPES = [
+    {"threads": 40, "rows": 16, "cols": 16},  # a partial warp, which sits the mma out; many tiles
+    {"threads": 96, "rows": 64, "cols": 128},  # one tile covers every row and feature
+    {"threads": 256, "rows": 32, "cols": 64},  # the GPU's launch shape
+]
+
+
+@pytest.mark.parametrize("config", TENSOR_CORE_SHAPES, ids=["partial-warp", "single-tile", "gpu-config"])
+@pytest.mark.parametrize("dtype", LOW_DTYPES, ids=str)
+def test_paper_tensor_core_launch_shapes(dtype, config):
+    # L = 20 pads to 32 (two mma tiles, the second ragged); d = 42, da = 13, dv = 29: ragged tiles.
+    check(PAPER, 2, 20, 13, 29, 2, 2, dtype, options={"h_tanh": True, "out_relu": True}, config=config)
+
+
+def _mma_calls(run):
+    before = cuda.cuda_emulator().wmma_mma_count()
+    run()
+    return cuda.cuda_emulator().wmma_mma_count() - before
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_paper_tensor_cores_take_the_16_bit_forward_only(dtype):
+    # The forward of float16/bfloat16 at tiles of multiples of 16 runs on tensor cores; float32,
+    # the backward and tiles that are no multiples of 16 stay on CUDA cores (and meet the rule).
+    inp = make_inputs(PAPER, 1, 6, 13, 29, 2, dtype=dtype)
+    weights = tuple(t for n, t in inp.items() if n.startswith("w_"))
+    saved = []
+    forward = _mma_calls(lambda: saved.extend(cuda.paper_forward(inp["xa"], inp["xv"], weights, 2)))
+    assert (forward > 0) == (dtype != torch.float32)
+    assert _mma_calls(lambda: cuda.paper_backward(saved[0], saved[1], saved[2], saved[3], weights)) == 0
+    ragged = {"threads": 40, "rows": 7, "cols": 5}
+    assert _mma_calls(lambda: check(PAPER, 1, 6, 13, 29, 2, 1, dtype, config=ragged)) == 0
 
 
 def test_paper_shared_memory_limit_is_reported():

@@ -18,6 +18,7 @@ struct Dims {
   int R, E;  // tile sizes: rows of x^T (rows of C) and joint features (columns of C) per tile
   float scale;  // 1 / sqrt(d)
   bool h_tanh, out_relu;  // the paper form's switches (SPEC section 1)
+  bool mma;               // the paper form's forward on tensor cores (paper.cuh; host.h decides)
   RJA_HOST_DEVICE int d() const { return da + dv; }
   RJA_HOST_DEVICE int weight_set(int it) const { return Tw == 1 ? 0 : it; }
 };
@@ -93,6 +94,47 @@ RJA_DEVICE void correlation_tile(Ptr<const float> P, Ptr<const float> Jt, int ld
     if constexpr (kDerivative) D[r * ldc + e] = tanh_derivative(x);
   }
 }
+
+// Whether kernels of element type K take the tensor-core path: 16-bit types, where WMMA exists.
+// float32 stays on CUDA cores (tf32 operands would break its accuracy rule).
+template <class K>
+RJA_DEVICE constexpr bool tensor_cores() {
+  return RJA_WMMA && sizeof(K) == 2;
+}
+
+#if RJA_WMMA
+// Out[M, N] = A[M, Kd] B[Kd, N] (+ Out with accumulate) on tensor cores (WMMA m16n16k16): A and B
+// row-major 16-bit, Out row-major float, the products of the 16-bit operands summed in float32.
+// M, N, Kd are multiples of 16, leading dimensions multiples of 8 (A, B) and 4 (Out), and the
+// buffers 32-byte aligned, which keeps every 16 x 16 tile aligned. The full warps take the tiles
+// of Out in turn; a partial last warp sits out, as WMMA needs all 32 lanes. No barrier: A, B (and
+// Out) must be complete, and the result is complete for all threads after the next barrier.
+template <class T>
+RJA_DEVICE void mma_tiles(int M, int N, int Kd, Ptr<const T> A, int lda, Ptr<const T> B, int ldb, Ptr<float> Out,
+                          int ldo, bool accumulate) {
+  namespace wmma = nvcuda::wmma;
+  const int warp = int(threadIdx.x) / 32, warps = int(blockDim.x) / 32, tiles_n = N / 16;
+  if (warp >= warps) return;
+  for (int tile = warp; tile < M / 16 * tiles_n; tile += warps) {
+    const int i0 = tile / tiles_n * 16, j0 = tile % tiles_n * 16;
+    const Ptr<float> out = Out + i0 * ldo + j0;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+    if (accumulate) {
+      wmma::load_matrix_sync(acc, out, unsigned(ldo), wmma::mem_row_major);
+    } else {
+      wmma::fill_fragment(acc, 0.f);
+    }
+    for (int k0 = 0; k0 < Kd; k0 += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> b;
+      wmma::load_matrix_sync(a, A + i0 * lda + k0, unsigned(lda));
+      wmma::load_matrix_sync(b, B + k0 * ldb + j0, unsigned(ldb));
+      wmma::mma_sync(acc, a, b, acc);
+    }
+    wmma::store_matrix_sync(out, acc, unsigned(ldo), wmma::mem_row_major);
+  }
+}
+#endif
 
 // Rows of a product computed together by one thread: each element of the right operand it loads
 // serves this many rows.

@@ -2,7 +2,8 @@
 // compiler with RJA_EMULATE (csrc/emu/emu.h, which checks every memory access and barrier).
 //
 // Kernels reach memory only through Ptr<T> (a raw pointer under nvcc, a bounds-checked view under
-// the emulator), slice() (a named sub-buffer) and the RJA_*_SHARED macros.
+// the emulator), slice() (a named sub-buffer), reinterpret_slice() (one of another element type)
+// and the RJA_*_SHARED macros. nvcuda::wmma is <mma.h> under nvcc, csrc/emu/wmma.h emulated.
 #pragma once
 
 #include <cstdint>
@@ -16,6 +17,7 @@
 
 namespace rja {
 using emu::Ptr;
+using emu::reinterpret_slice;
 using emu::slice;
 template <class T>
 Ptr<T> make_ptr(T* p, std::int64_t n, const char* name) {
@@ -32,6 +34,7 @@ Ptr<T> make_ptr(T* p, std::int64_t n, const char* name) {
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <mma.h>
 
 #define RJA_DEVICE __device__ __forceinline__
 #define RJA_HOST_DEVICE __host__ __device__ __forceinline__
@@ -43,6 +46,10 @@ template <class T>
 RJA_HOST_DEVICE T* slice(T* p, std::int64_t off, std::int64_t /*n*/, const char* /*name*/) {
   return p + off;
 }
+template <class U, class T>
+RJA_HOST_DEVICE U* reinterpret_slice(T* p, std::int64_t off, std::int64_t /*n*/, const char* /*name*/) {
+  return reinterpret_cast<U*>(p + off);
+}
 template <class T>
 inline T* make_ptr(T* p, std::int64_t /*n*/, const char* /*name*/) {
   return p;
@@ -50,14 +57,22 @@ inline T* make_ptr(T* p, std::int64_t /*n*/, const char* /*name*/) {
 }  // namespace rja
 
 // One untyped declaration for every kernel: typed `extern __shared__` arrays of different template
-// instantiations would conflict.
+// instantiations would conflict. 32-byte aligned for WMMA tiles.
 #define RJA_DYNAMIC_SHARED(T, name)                                    \
-  extern __shared__ __align__(16) unsigned char rja_dynamic_shared_[]; \
+  extern __shared__ __align__(32) unsigned char rja_dynamic_shared_[]; \
   T* name = reinterpret_cast<T*>(rja_dynamic_shared_)
 #define RJA_STATIC_SHARED(T, name, count) \
   __shared__ T name##_storage_[count];    \
   T* name = name##_storage_
 
+#endif
+
+// WMMA with bfloat16 operands needs sm_80 (setup.py builds for 8.0 and 9.0). A device pass for an
+// older architecture compiles the CUDA-core path for every element type instead (tensor_cores()).
+#if defined(RJA_EMULATE) || !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+#define RJA_WMMA 1
+#else
+#define RJA_WMMA 0
 #endif
 
 namespace rja {

@@ -26,6 +26,7 @@ struct Config {
 
 #ifdef RJA_EMULATE
 inline std::size_t max_shared_bytes() { return emu::kMaxSharedBytes; }
+inline bool device_has_bf16_wmma() { return true; }
 
 template <class... KArgs, class... Args>
 void launch(void (*kernel)(KArgs...), int grid, int block, std::size_t shared_bytes, Args&&... args) {
@@ -37,6 +38,13 @@ inline std::size_t max_shared_bytes() {
   C10_CUDA_CHECK(cudaGetDevice(&device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   return std::size_t(bytes);
+}
+
+inline bool device_has_bf16_wmma() {
+  int device = 0, major = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  return major >= 8;
 }
 
 template <class... KArgs, class... Args>
@@ -68,7 +76,7 @@ inline Dims dims_of(int64_t B, int64_t L, int64_t da, int64_t dv, int64_t k, int
   TORCH_CHECK(cfg.threads >= 32 && cfg.threads <= 1024 && cfg.rows >= 1 && cfg.cols >= 1,
               "rja cuda: bad launch config: threads=", cfg.threads, " rows=", cfg.rows, " cols=", cfg.cols);
   return Dims{int(B), int(L), int(da), int(dv), int(k), int(T), int(Tw), cfg.rows, cfg.cols,
-              float(1.0 / std::sqrt(double(da + dv))), h_tanh, out_relu};
+              float(1.0 / std::sqrt(double(da + dv))), h_tanh, out_relu, false};
 }
 
 inline std::size_t shared_bytes_checked(std::int64_t floats, const Dims& s, bool backward, const char* form) {
@@ -185,6 +193,14 @@ namespace paper {
 
 inline constexpr const char* kWeightNames[6] = {"w_ja", "w_jv", "w_ca", "w_cv", "w_ha", "w_hv"};
 
+// The forward's tensor-core path (paper.cuh) takes 16-bit elements with tiles of multiples of 16
+// (WMMA's m16n16k16) on a device with bfloat16 WMMA (sm_80+); everything else, and the backward,
+// runs on CUDA cores.
+inline Dims with_tensor_cores(Dims s, at::ScalarType dtype) {
+  s.mma = dtype != at::kFloat && s.R % 16 == 0 && s.E % 16 == 0 && device_has_bf16_wmma();
+  return s;
+}
+
 // forward(xa, xv, weights, T, h_tanh, out_relu) -> (xa_out, xv_out, xa_iters [T, B, L, da], xv_iters [T, B, L, dv])
 inline std::vector<at::Tensor> forward(const at::Tensor& xa, const at::Tensor& xv, at::TensorList w,
                                        int64_t iterations, bool h_tanh, bool out_relu, const Config& cfg) {
@@ -193,7 +209,8 @@ inline std::vector<at::Tensor> forward(const at::Tensor& xa, const at::Tensor& x
   const int64_t B = xa.size(0), L = xa.size(1), da = xa.size(2), dv = xv.size(2);
   TORCH_CHECK(iterations >= 1 && (w[0].size(0) == 1 || w[0].size(0) == iterations),
               "rja cuda: weights must hold 1 or T = ", iterations, " sets, got ", w[0].size(0));
-  const Dims s = dims_of(B, L, da, dv, 0, iterations, w[0].size(0), cfg, h_tanh, out_relu);
+  const Dims s = with_tensor_cores(dims_of(B, L, da, dv, 0, iterations, w[0].size(0), cfg, h_tanh, out_relu),
+                                   xa.scalar_type());
   auto xa_iters = at::empty({iterations, B, L, da}, xa.options());
   auto xv_iters = at::empty({iterations, B, L, dv}, xv.options());
   auto xa_out = at::empty_like(xa), xv_out = at::empty_like(xv);

@@ -22,6 +22,17 @@
 // The weight gradients are contractions over the batch: the kernel writes their per-sample
 // factors (H, dU, dQ, dP of every iteration, O(B L d T)) and the host reduces them with one
 // matrix product per weight (host.h): deterministic, and no per-block copy of the d x dm weights.
+//
+// Tensor cores. For float16 and bfloat16 (with tiles of multiples of 16 on an sm_80+ device: Dims::mma,
+// host.h) the forward's three large contractions, C = tanh(P_rows J_tile / sqrt(d)), G += Q[:, rows] C
+// and U += H w_h[tile, :], run on WMMA (mma_tiles, common.cuh) with float32 accumulators. Their
+// operand tiles P, J, Q, C, H, w_h are rounded to the element type, as the Triton kernel's tl.dot
+// operands are and as the eager reference rounds its intermediates; the rest stays float32. The
+// backward stays float32 on CUDA cores: its gradient products as in the Triton backward (dot_f32),
+// and its recomputed G and U, whose relu masks select the gradient: recomputed from 16-bit operands,
+// the masks flip where G is near 0, each flip costs O(1) in the gradients, and bfloat16's grad xa
+// went 2.5x past the accuracy rule (tests/test_cuda_emulated.py sizes). float32 inputs stay on CUDA
+// cores throughout.
 #pragma once
 
 #include "common.cuh"
@@ -29,51 +40,115 @@
 namespace rja {
 namespace paper {
 
-// Shared memory of one block, in floats. Row strides E + 1 keep the column walks of the J, C and
-// dS tiles (dQ and dP loops) free of bank conflicts.
+// Shared memory of one block, in floats; every buffer starts 32-byte aligned (WMMA tiles). Row
+// strides E + 1 keep the column walks of the J, C and dS tiles (dQ and dP loops) free of bank
+// conflicts. The forward's tensor-core path (s.mma) pads L to Lp, a multiple of 16, and has the
+// 16-bit mma operands and a float tile for products in place of the float J, P, Q and C tiles; their
+// row strides are 16 bytes more than a multiple of 16 elements, so the rows of a WMMA tile start in
+// different banks.
 struct SmemLayout {
-  int Jt, Pt, Qt, C, G;  // forward and backward
-  int gG, gJ, gS, W;     // backward only
-  int total;
+  struct Span {
+    int at = 0, n = 0;  // start in floats, size in elements of the buffer's type
+  };
+  int Lp, ld16, ldP16, ldQ16, ldS;       // tensor-core path: padded L and row strides
+  Span G;                                // float
+  Span Jt, Pt, Qt, C;                    // float, CUDA-core path only
+  Span gG, gJ, gS, W;                    // float, backward only
+  Span J16, P16, Q16, C16, H16, W16, S;  // tensor-core path only
+  int total = 0;
   RJA_HOST_DEVICE SmemLayout(const Dims& s, bool backward) {
     const int L = s.L, R = s.R, E = s.E;
-    Jt = 0;
-    Pt = Jt + L * (E + 1);
-    Qt = Pt + R * L;
-    C = Qt + L * R;
-    G = C + R * (E + 1);
-    gG = G + L * E;
-    gJ = gG + L * E;
-    gS = gJ + L * E;
-    W = gS + R * (E + 1);
-    total = backward ? W + R * (E + 1) : gG;
+    Lp = s.mma ? (L + 15) / 16 * 16 : L;
+    ld16 = E + 8;
+    ldP16 = Lp + 8;
+    ldQ16 = R + 8;
+    ldS = E + 4;
+    G = take(Lp * E, 4);
+    if (!s.mma) {
+      Jt = take(L * (E + 1), 4);
+      Pt = take(R * L, 4);
+      Qt = take(L * R, 4);
+      C = take(R * (E + 1), 4);
+    }
+    if (backward) {
+      gG = take(L * E, 4);
+      gJ = take(L * E, 4);
+      gS = take(R * (E + 1), 4);
+      W = take(R * (E + 1), 4);
+    }
+    if (s.mma) {
+      J16 = take(Lp * ld16, 2);
+      P16 = take(R * ldP16, 2);
+      Q16 = take(Lp * ldQ16, 2);
+      C16 = take(R * ld16, 2);
+      H16 = take(Lp * ld16, 2);
+      W16 = take(E * ld16, 2);
+      S = take((R > Lp ? R : Lp) * ldS, 4);
+    }
+  }
+  RJA_HOST_DEVICE Span take(int n, int bytes) {
+    const Span span{total, n};
+    total += (n * bytes + 31) / 32 * 8;
+    return span;
   }
 };
 
+template <class K>
 struct Tiles {
+  // Jt, Pt, Qt, C: the CUDA-core path only.
   Ptr<float> Jt;  // [L, E+1]  joint-feature tile J[:, col0 : col0 + cols]
   Ptr<float> Pt;  // [R, L]    rows [row0, row0 + rows) of P = x^T w_j
   Ptr<float> Qt;  // [L, R]    the same columns of Q = x w_c
   Ptr<float> C;   // [R, E+1]  correlation tile
-  Ptr<float> G;   // [L, E]    G tile; then H (forward) or the derivative of H w.r.t. G (backward)
+  Ptr<float> G;   // [Lp, E]   G tile; then H (forward) or the derivative of H w.r.t. G (backward)
   Ptr<float> gG;  // [L, E]    backward: gradient of the G tile
   Ptr<float> gJ;  // [L, E]    backward: J gradient of the column tile, both modalities
   Ptr<float> gS;  // [R, E+1]  backward: gradient of the pre-tanh tile
   Ptr<float> W;   // [R, E+1]  backward: transposed weight chunks (rows_times_transposed)
+  // The forward's tensor-core path: the mma operands in 16 bits, zero past the ragged or padded edges.
+  bool mma;  // this path is taken
+  int Lp, ld16, ldP16, ldQ16, ldS;
+  Ptr<K> J16;    // [Lp, ld16]   J tile
+  Ptr<K> P16;    // [R, ldP16]   P rows
+  Ptr<K> Q16;    // [Lp, ldQ16]  Q columns
+  Ptr<K> C16;    // [R, ld16]    C tile
+  Ptr<K> H16;    // [Lp, ld16]   H tile
+  Ptr<K> W16;    // [E, ld16]    a chunk of E columns of w_h[tile, :]
+  Ptr<float> S;  // [max(R, Lp), ldS]  a product before its epilogue: P J, or a chunk of H w_h
 
   RJA_DEVICE Tiles(Ptr<float> smem, const Dims& s, bool backward) {
     const SmemLayout at(s, backward);
-    const int L = s.L, R = s.R, E = s.E;
-    Jt = slice(smem, at.Jt, L * (E + 1), "smem.Jt");
-    Pt = slice(smem, at.Pt, R * L, "smem.Pt");
-    Qt = slice(smem, at.Qt, L * R, "smem.Qt");
-    C = slice(smem, at.C, R * (E + 1), "smem.C");
-    G = slice(smem, at.G, L * E, "smem.G");
+    const auto f32_slice = [&](SmemLayout::Span span, const char* name) { return slice(smem, span.at, span.n, name); };
+    const auto k_slice = [&](SmemLayout::Span span, const char* name) {
+      return reinterpret_slice<K>(smem, span.at, span.n, name);
+    };
+    G = f32_slice(at.G, "smem.G");
+    if (!s.mma) {
+      Jt = f32_slice(at.Jt, "smem.Jt");
+      Pt = f32_slice(at.Pt, "smem.Pt");
+      Qt = f32_slice(at.Qt, "smem.Qt");
+      C = f32_slice(at.C, "smem.C");
+    }
     if (backward) {
-      gG = slice(smem, at.gG, L * E, "smem.gG");
-      gJ = slice(smem, at.gJ, L * E, "smem.gJ");
-      gS = slice(smem, at.gS, R * (E + 1), "smem.gS");
-      W = slice(smem, at.W, R * (E + 1), "smem.W");
+      gG = f32_slice(at.gG, "smem.gG");
+      gJ = f32_slice(at.gJ, "smem.gJ");
+      gS = f32_slice(at.gS, "smem.gS");
+      W = f32_slice(at.W, "smem.W");
+    }
+    mma = tensor_cores<K>() && s.mma;
+    Lp = at.Lp;
+    ld16 = at.ld16;
+    ldP16 = at.ldP16;
+    ldQ16 = at.ldQ16;
+    ldS = at.ldS;
+    if (mma) {
+      J16 = k_slice(at.J16, "smem.J16");
+      P16 = k_slice(at.P16, "smem.P16");
+      Q16 = k_slice(at.Q16, "smem.Q16");
+      C16 = k_slice(at.C16, "smem.C16");
+      H16 = k_slice(at.H16, "smem.H16");
+      W16 = k_slice(at.W16, "smem.W16");
+      S = f32_slice(at.S, "smem.S");
     }
   }
 };
@@ -124,35 +199,90 @@ RJA_DEVICE void projections(const Modality<K>& m, Ptr<float> P, Ptr<float> Q, co
              [&](int l, int c, float v) { Q[l * d + off + c] = v; });
 }
 
+// Stages the J tile [col0, col0 + cols).
+template <class K>
+RJA_DEVICE void stage_joint(const Joint<K>& J, const Tiles<K>& t, const Dims& s, int col0, int cols) {
+  const int L = s.L, E = s.E;
+  if (t.mma) {
+    RJA_BLOCK_LOOP(i, t.Lp * E) {
+      const int l = i / E, e = i % E;
+      t.J16[l * t.ld16 + e] = from_float<K>(l < L && e < cols ? J(l, col0 + e) : 0.f);  // exact: J is K
+    }
+  } else {
+    stage_joint_tile(J, t.Jt, E + 1, L, col0, cols);
+  }
+}
+
 // Stages rows [row0, row0 + rows) of modality m's P and the same columns of its Q.
 template <class K>
-RJA_DEVICE void stage_rows(const Modality<K>& m, Ptr<const float> P, Ptr<const float> Q, const Tiles& t,
+RJA_DEVICE void stage_rows(const Modality<K>& m, Ptr<const float> P, Ptr<const float> Q, const Tiles<K>& t,
                            const Dims& s, int row0, int rows) {
   const int L = s.L, R = s.R, d = s.d(), base = m.off + row0;
-  RJA_BLOCK_LOOP(i, rows * L) t.Pt[i] = P[base * L + i];
-  RJA_BLOCK_LOOP(i, L * rows) {
-    const int l = i / rows, r = i % rows;
-    t.Qt[l * R + r] = Q[l * d + base + r];
+  if (t.mma) {
+    RJA_BLOCK_LOOP(i, R * t.Lp) {
+      const int r = i / t.Lp, l = i % t.Lp;
+      t.P16[r * t.ldP16 + l] = from_float<K>(r < rows && l < L ? P[(base + r) * L + l] : 0.f);
+    }
+    RJA_BLOCK_LOOP(i, t.Lp * R) {
+      const int l = i / R, r = i % R;
+      t.Q16[l * t.ldQ16 + r] = from_float<K>(l < L && r < rows ? Q[l * d + base + r] : 0.f);
+    }
+  } else {
+    RJA_BLOCK_LOOP(i, rows * L) t.Pt[i] = P[base * L + i];
+    RJA_BLOCK_LOOP(i, L * rows) {
+      const int l = i / rows, r = i % rows;
+      t.Qt[l * R + r] = Q[l * d + base + r];
+    }
   }
+}
+
+// C of the staged row tile into t.C (with kDerivative, the backward's, also tanh' of its elements
+// into t.gS), no barrier; on the forward's tensor-core path into t.C16, in 16 bits, with a barrier
+// inside. C is complete for every thread after the next barrier.
+template <class K, bool kDerivative>
+RJA_DEVICE void correlation(const Tiles<K>& t, const Dims& s, int rows, int cols) {
+  const int R = s.R, E = s.E;
+  if constexpr (tensor_cores<K>() && !kDerivative) {
+    if (t.mma) {
+      mma_tiles<K>(R, E, t.Lp, t.P16, t.ldP16, t.J16, t.ld16, t.S, t.ldS, false);
+      __syncthreads();
+      RJA_BLOCK_LOOP(i, R * E) {  // all of C16: past the staged rows and columns it is tanh(0) = 0
+        const int r = i / E, e = i % E;
+        t.C16[r * t.ld16 + e] = from_float<K>(tanh_of<K>(t.S[r * t.ldS + e] * s.scale));
+      }
+      return;
+    }
+  }
+  correlation_tile<K, kDerivative>(t.Pt, t.Jt, E + 1, t.C, E + 1, rows, cols, s.L, s.scale, t.gS);
 }
 
 // The [L, cols] tile of G = (x w_c) C for the staged J tile, over all row tiles of m, with C
 // recomputed tile by tile. Barriers inside (the first orders the J tile, P and Q before their use);
-// at return the G tile is complete for the threads of the (l, e) loop over L * cols, and the last
-// row tile's P rows, Q columns and C (with kDerivative also tanh' of C's elements, in gS) are still
-// staged.
+// at return the G tile is complete for the threads of the (l, e) loop over L * cols (for all threads
+// on the tensor-core path, where its [Lp, E] padding is 0), and the last row tile's P rows, Q
+// columns and C (with kDerivative also tanh' of C's elements, in gS) are still staged.
 template <class K, bool kDerivative = false>
-RJA_DEVICE void attention_tile(const Modality<K>& m, Ptr<const float> P, Ptr<const float> Q, const Tiles& t,
+RJA_DEVICE void attention_tile(const Modality<K>& m, Ptr<const float> P, Ptr<const float> Q, const Tiles<K>& t,
                                const Dims& s, int cols) {
   const int L = s.L, R = s.R, E = s.E;
-  RJA_BLOCK_LOOP(i, L * cols) t.G[(i / cols) * E + i % cols] = 0.f;
+  if (t.mma) {
+    RJA_BLOCK_LOOP(i, t.Lp * E) t.G[i] = 0.f;
+  } else {
+    RJA_BLOCK_LOOP(i, L * cols) t.G[(i / cols) * E + i % cols] = 0.f;
+  }
   for (int row0 = 0; row0 < m.dm; row0 += R) {
     const int rows = tile_size(m.dm, row0, R);
     __syncthreads();  // the previous row tile's readers are done
     stage_rows(m, P, Q, t, s, row0, rows);
     __syncthreads();
-    correlation_tile<K, kDerivative>(t.Pt, t.Jt, E + 1, t.C, E + 1, rows, cols, L, s.scale, t.gS);
+    correlation<K, kDerivative>(t, s, rows, cols);
     __syncthreads();
+    if constexpr (tensor_cores<K>()) {
+      if (t.mma) {
+        mma_tiles<K>(t.Lp, E, R, t.Q16, t.ldQ16, t.C16, t.ld16, t.G, E, true);
+        continue;
+      }
+    }
     RJA_BLOCK_LOOP(i, L * cols) {  // same (l, e) ownership as the zeroing above
       const int l = i / cols, e = i % cols;
       float acc = 0.f;
@@ -160,32 +290,68 @@ RJA_DEVICE void attention_tile(const Modality<K>& m, Ptr<const float> P, Ptr<con
       t.G[l * E + e] += acc;
     }
   }
+  if (t.mma) __syncthreads();  // the warps' G tiles are complete
+}
+
+// U[:, off : off + dm] += H w_h[col0 : col0 + cols, :] of modality m for the H tile (t.H16 on the
+// tensor-core path, else t.G), complete before the call. On the tensor-core path in chunks of E
+// columns of w_h, staged in 16 bits, with barriers inside; no barrier on the CUDA-core path.
+template <class K>
+RJA_DEVICE void add_update(const Modality<K>& m, const Tiles<K>& t, const Dims& s, Ptr<float> U, int col0, int cols) {
+  const int L = s.L, E = s.E, d = s.d(), dm = m.dm, off = m.off;
+  const Ptr<const K> wh = slice(m.wh, std::int64_t(col0) * dm, std::int64_t(cols) * dm, "w_h[tile]");
+  if constexpr (tensor_cores<K>()) {
+    if (t.mma) {
+      for (int c0 = 0; c0 < dm; c0 += E) {
+        const int n = tile_size(dm, c0, E);
+        if (c0 > 0) __syncthreads();  // the previous chunk's readers of W16 and S are done
+        RJA_BLOCK_LOOP(i, E * E) {    // zero past the tile's rows: H's padding times it must be 0
+          const int k = i / E, c = i % E;
+          t.W16[k * t.ld16 + c] = k < cols && c < n ? wh[k * dm + c0 + c] : from_float<K>(0.f);
+        }
+        __syncthreads();
+        mma_tiles<K>(t.Lp, E, E, t.H16, t.ld16, t.W16, t.ld16, t.S, t.ldS, false);
+        __syncthreads();
+        RJA_BLOCK_LOOP(i, L * n) {
+          const int l = i / n, c = i % n;
+          U[l * d + off + c0 + c] += t.S[l * t.ldS + c];
+        }
+      }
+      return;
+    }
+  }
+  rows_times(L, dm, cols, [&](int l, int e) { return t.G[l * E + e]; }, wh, dm,
+             [&](int l, int c, float v) { U[l * d + off + c] += v; });
 }
 
 // U [L, d] of one iteration (columns [off, off + dm) are modality m's), from P and Q. Barriers
 // inside; ends with one, so U is complete.
 template <class K>
 RJA_DEVICE void update_pass(const Modality<K>* mods, const Joint<K>& J, Ptr<const float> P, Ptr<const float> Q,
-                            Ptr<float> U, const Tiles& t, const Dims& s) {
+                            Ptr<float> U, const Tiles<K>& t, const Dims& s) {
   const int L = s.L, d = s.d(), E = s.E;
   RJA_BLOCK_LOOP(i, L * d) U[i] = 0.f;
   for (int col0 = 0; col0 < d; col0 += E) {
     const int cols = tile_size(d, col0, E);
     __syncthreads();  // P, Q and U are complete; the previous tile's readers of J are done
-    stage_joint_tile(J, t.Jt, E + 1, L, col0, cols);
+    stage_joint(J, t, s, col0, cols);
     for (int mi = 0; mi < 2; ++mi) {
       const Modality<K>& m = mods[mi];
       attention_tile(m, P, Q, t, s, cols);
-      RJA_BLOCK_LOOP(i, L * cols) {  // H, in place of G
-        const int l = i / cols, e = i % cols;
-        const float g = t.G[l * E + e];
-        t.G[l * E + e] = relu(s.h_tanh ? tanh_of<K>(g) : g);
+      if (t.mma) {
+        RJA_BLOCK_LOOP(i, t.Lp * E) {  // H in 16 bits, 0 where G's padding is
+          const float g = t.G[i];
+          t.H16[(i / E) * t.ld16 + i % E] = from_float<K>(relu(s.h_tanh ? tanh_of<K>(g) : g));
+        }
+      } else {
+        RJA_BLOCK_LOOP(i, L * cols) {  // H, in place of G
+          const int l = i / cols, e = i % cols;
+          const float g = t.G[l * E + e];
+          t.G[l * E + e] = relu(s.h_tanh ? tanh_of<K>(g) : g);
+        }
       }
       __syncthreads();
-      const int dm = m.dm, off = m.off;
-      rows_times(L, dm, cols, [&](int l, int e) { return t.G[l * E + e]; },
-                 slice(m.wh, std::int64_t(col0) * dm, std::int64_t(cols) * dm, "w_h[tile]"), dm,
-                 [&](int l, int c, float v) { U[l * d + off + c] += v; });
+      add_update(m, t, s, U, col0, cols);
       __syncthreads();  // H's readers are done before the next G tile
     }
   }
@@ -205,7 +371,7 @@ template <class K>
 __global__ void forward_kernel(ForwardArgs<K> a) {
   RJA_DYNAMIC_SHARED(float, smem);
   const Dims s = a.s;
-  const Tiles t(smem, s, false);
+  const Tiles<K> t(smem, s, false);
   const int L = s.L, d = s.d();
   const std::int64_t b = blockIdx.x, B = s.B, na = std::int64_t(L) * s.da, nv = std::int64_t(L) * s.dv;
   const Work work(a.work, b, s);
@@ -255,7 +421,7 @@ struct BackwardArgs {
 // Barriers inside; ends with one.
 template <class K>
 RJA_DEVICE void backward_column_tile(const Modality<K>& m, Ptr<const float> P, Ptr<const float> Q, Ptr<float> H,
-                                     Ptr<const float> gU, Ptr<float> gQ, Ptr<float> gP, const Tiles& t,
+                                     Ptr<const float> gU, Ptr<float> gQ, Ptr<float> gP, const Tiles<K>& t,
                                      const Dims& s, int col0, int cols) {
   const int L = s.L, R = s.R, E = s.E, d = s.d(), dm = m.dm, off = m.off;
   attention_tile<K, true>(m, P, Q, t, s, cols);
@@ -282,7 +448,7 @@ RJA_DEVICE void backward_column_tile(const Modality<K>& m, Ptr<const float> P, P
       __syncthreads();  // the previous row tile's readers of P, Q, C and gS are done
       stage_rows(m, P, Q, t, s, row0, rows);
       __syncthreads();
-      correlation_tile<K, true>(t.Pt, t.Jt, E + 1, t.C, E + 1, rows, cols, L, s.scale, t.gS);
+      correlation<K, true>(t, s, rows, cols);
     }
     __syncthreads();  // C, tanh' (in gS) and gG are complete
     RJA_BLOCK_LOOP(i, rows * cols) {  // gS = (Q^T gG) tanh' / sqrt(d) (same (r, e) owner as tanh')
@@ -318,7 +484,7 @@ template <class K>
 __global__ void backward_kernel(BackwardArgs<K> a) {
   RJA_DYNAMIC_SHARED(float, smem);
   const Dims s = a.s;
-  const Tiles t(smem, s, true);
+  const Tiles<K> t(smem, s, true);
   const int L = s.L, d = s.d(), E = s.E;
   const std::int64_t b = blockIdx.x, B = s.B, na = std::int64_t(L) * s.da, nv = std::int64_t(L) * s.dv;
   const std::int64_t ld = std::int64_t(L) * d;
@@ -354,7 +520,7 @@ __global__ void backward_kernel(BackwardArgs<K> a) {
     for (int col0 = 0; col0 < d; col0 += E) {
       const int cols = tile_size(d, col0, E);
       __syncthreads();  // P, Q, gU, gQ, gP are complete; the previous tile's readers of J are done
-      stage_joint_tile(J, t.Jt, E + 1, L, col0, cols);
+      stage_joint(J, t, s, col0, cols);
       RJA_BLOCK_LOOP(i, L * cols) t.gJ[(i / cols) * E + i % cols] = 0.f;
       for (int mi = 0; mi < 2; ++mi) {
         backward_column_tile(mods[mi], work.P, work.Q, H[mi], gU, gQ, gP, t, s, col0, cols);

@@ -3,10 +3,12 @@
 //
 // - Blocks of a grid run one after the other on the calling OS thread.
 // - Every thread of a block is a fiber (ucontext) with its own stack. A fiber runs until it
-//   reaches __syncthreads() or a warp shuffle and then yields to the block's scheduler, so
-//   barriers and warp collectives have GPU semantics (all threads arrive before any proceeds).
+//   reaches __syncthreads() or a warp collective (a shuffle, a WMMA operation: wmma.h) and then
+//   yields to the block's scheduler, so barriers and warp collectives have GPU semantics (all
+//   threads arrive before any proceeds).
 // - A barrier that not every thread reaches (a thread exits while others wait, or threads wait at
-//   different __syncthreads() calls) and a deadlock among shuffles fail with emu::Error.
+//   different __syncthreads() calls), a deadlock among warp collectives and lanes of a warp that
+//   meet at different collectives fail with emu::Error.
 // - Shared memory (dynamic and RJA_STATIC_SHARED) is a per-block arena; kernels access shared and
 //   global memory through emu::Ptr, which checks every index against the buffer it names.
 // - Errors raised inside a fiber are caught on its stack and rethrown by emu::launch.
@@ -136,21 +138,30 @@ struct Fiber {
 };
 
 struct Warp {
-  std::uint64_t slots[2][32] = {};  // double-buffered by generation parity
+  // What each lane deposits at a collective, double-buffered by generation parity: the name of
+  // the collective, a shuffle's value, a WMMA operation's arguments and fragment elements.
+  const char* ops[2][32] = {};
+  std::uint64_t slots[2][32] = {};
+  std::vector<unsigned char> blobs[2][32];
   int arrived = 0;
   std::uint64_t gen = 0;
 };
 
+// Shared memory arenas are aligned like a GPU's (WMMA needs 256-bit aligned tiles).
+struct alignas(128) SharedChunk {
+  unsigned char bytes[128];
+};
+
 struct SharedBuffer {
-  std::unique_ptr<std::max_align_t[]> storage;
+  std::unique_ptr<SharedChunk[]> storage;
   std::size_t bytes = 0;
 };
 
-inline std::unique_ptr<std::max_align_t[]> garbage_filled(std::size_t bytes) {
+inline std::unique_ptr<SharedChunk[]> garbage_filled(std::size_t bytes) {
   // 0xFF bytes read as NaN floats: a read of shared memory never written shows up in results.
-  auto words = (bytes + sizeof(std::max_align_t) - 1) / sizeof(std::max_align_t);
-  std::unique_ptr<std::max_align_t[]> p(new std::max_align_t[std::max<std::size_t>(words, 1)]);
-  std::memset(static_cast<void*>(p.get()), 0xFF, words * sizeof(std::max_align_t));
+  auto chunks = (bytes + sizeof(SharedChunk) - 1) / sizeof(SharedChunk);
+  std::unique_ptr<SharedChunk[]> p(new SharedChunk[std::max<std::size_t>(chunks, 1)]);
+  std::memset(static_cast<void*>(p.get()), 0xFF, chunks * sizeof(SharedChunk));
   return p;
 }
 
@@ -214,24 +225,26 @@ inline void syncthreads(const char* file, int line) {
   self.state = Fiber::State::Running;
 }
 
-// A warp collective: every active lane deposits its value, then each reads lane src_of(lane).
-template <class T, class SrcOf>
-T warp_exchange(unsigned mask, T value, int width, SrcOf src_of, const char* op) {
-  static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= 8, "shuffle of a type wider than 8 bytes");
+inline int lane_id() { return int(&current_fiber() - tl_block->fibers.data()) % 32; }
+
+// Threads of the caller's warp: 32, fewer in a partial last warp.
+inline int active_lanes() { return std::min<int>(32, int(tl_block->fibers.size()) - current_fiber().warp * 32); }
+
+// Rendezvous of every active lane of the caller's warp at the collective `op`: deposit(w, parity)
+// stores this lane's contribution, then the lane waits for the others. Returns the parity of the
+// buffers that hold every lane's deposit; they stay valid until the lane's next collective (a
+// lane can deposit at the next generation only once all have left this one). Lanes that meet at
+// different collectives fail.
+template <class Deposit>
+int warp_rendezvous(const char* op, const Deposit& deposit) {
   Block& blk = *tl_block;
   Fiber& self = current_fiber();
-  const int lane = int(&self - blk.fibers.data()) % 32;
-  const int active = std::min<int>(32, int(blk.fibers.size()) - self.warp * 32);
-  const unsigned full = active == 32 ? 0xFFFFFFFFu : (1u << active) - 1;
-  if (mask != full || width != 32) {
-    std::ostringstream s;
-    s << op << ": only whole-warp shuffles (mask 0x" << std::hex << full << ", width 32) are emulated, got mask 0x"
-      << mask << std::dec << ", width " << width;
-    fail(s.str());
-  }
+  const int lane = lane_id(), active = active_lanes();
   Warp& w = blk.warps[std::size_t(self.warp)];
   const std::uint64_t gen = w.gen;
-  std::memcpy(&w.slots[gen & 1][lane], &value, sizeof(T));
+  const int parity = int(gen & 1);
+  w.ops[parity][lane] = op;
+  deposit(w, parity);
   if (++w.arrived == active) {
     w.arrived = 0;
     ++w.gen;
@@ -241,12 +254,35 @@ T warp_exchange(unsigned mask, T value, int width, SrcOf src_of, const char* op)
     yield_to_scheduler();
     self.state = Fiber::State::Running;
   }
+  for (int j = 0; j < active; ++j) {
+    if (std::strcmp(w.ops[parity][j], op) != 0) {
+      fail(std::string("divergent warp collective: lane ") + std::to_string(lane) + " calls " + op + ", lane " +
+           std::to_string(j) + " " + w.ops[parity][j]);
+    }
+  }
+  return parity;
+}
+
+// A warp shuffle: every active lane deposits its value, then each reads lane src_of(lane).
+template <class T, class SrcOf>
+T warp_exchange(unsigned mask, T value, int width, SrcOf src_of, const char* op) {
+  static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= 8, "shuffle of a type wider than 8 bytes");
+  const int lane = lane_id(), active = active_lanes();
+  const unsigned full = active == 32 ? 0xFFFFFFFFu : (1u << active) - 1;
+  if (mask != full || width != 32) {
+    std::ostringstream s;
+    s << op << ": only whole-warp shuffles (mask 0x" << std::hex << full << ", width 32) are emulated, got mask 0x"
+      << mask << std::dec << ", width " << width;
+    fail(s.str());
+  }
+  Warp& w = tl_block->warps[std::size_t(current_fiber().warp)];
+  const int parity = warp_rendezvous(op, [&](Warp& wp, int par) { std::memcpy(&wp.slots[par][lane], &value, sizeof(T)); });
   const int src = src_of(lane);
   if (src < 0 || src >= active) {
     fail(std::string(op) + ": reads lane " + std::to_string(src) + ", which is not an active lane of the warp");
   }
   T out;
-  std::memcpy(&out, &w.slots[gen & 1][src], sizeof(T));
+  std::memcpy(&out, &w.slots[parity][src], sizeof(T));
   return out;
 }
 
@@ -271,7 +307,7 @@ inline std::string describe_stall(const Block& blk) {
   std::ostringstream s;
   s << "barrier not reached by every thread of the block (" << blk.fibers.size() << " threads):";
   for (const auto& [where, n] : at_barrier) s << " " << n << " wait at __syncthreads() " << where << ";";
-  if (at_warp) s << " " << at_warp << " wait at a warp shuffle;";
+  if (at_warp) s << " " << at_warp << " wait at a warp collective (shuffle or WMMA);";
   s << " " << exited << " have exited";
   return s.str();
 }
@@ -354,6 +390,20 @@ template <class T>
 Ptr<T> dynamic_shared(const char* name) {
   const SharedBuffer& buf = tl_block->dynamic_shared;
   return Ptr<T>(reinterpret_cast<T*>(buf.storage.get()), std::ptrdiff_t(buf.bytes / sizeof(T)), name);
+}
+
+// The n elements of type U that start at element off of p: a buffer of another type carved from an
+// arena (the dynamic shared memory), checked against p's extent.
+template <class U, class T>
+Ptr<U> reinterpret_slice(const Ptr<T>& p, std::int64_t off, std::int64_t n, const char* name) {
+  if (off < 0 || n < 0 || (p.offset() + off) * std::int64_t(sizeof(T)) + n * std::int64_t(sizeof(U)) >
+                               p.size() * std::int64_t(sizeof(T))) {
+    std::ostringstream s;
+    s << "slice " << name << " of " << n << " elements of " << sizeof(U) << " bytes at " << p.name() << "["
+      << p.offset() + off << "] exceeds " << p.name() << " of " << p.size() << " elements";
+    fail(s.str());
+  }
+  return Ptr<U>(reinterpret_cast<U*>(p.base() + p.offset() + off), n, name);
 }
 
 template <class T>
@@ -452,3 +502,6 @@ inline __nv_bfloat16 __float2bfloat16_rn(float f) {
   if ((x & 0x7FFFFFFFu) > 0x7F800000u) return __nv_bfloat16{std::uint16_t((x >> 16) | 0x40u)};  // quiet NaN
   return __nv_bfloat16{std::uint16_t((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16)};
 }
+
+// The WMMA API (nvcuda::wmma), emulated; it needs the 16-bit types above.
+#include "wmma.h"

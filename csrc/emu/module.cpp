@@ -80,6 +80,50 @@ __global__ void round_trip_kernel(Ptr<const float> in, Ptr<float> out, int n) {
   RJA_BLOCK_LOOP(i, n) out[i] = rja::to_float(rja::from_float<K>(in[i]));
 }
 
+// --- kernels that test the emulated WMMA (wmma.h) ---
+
+namespace wmma = nvcuda::wmma;
+
+// out = A B + C of one tile: A, B in layouts La, Lb with leading dimension ld, C column-major and
+// out row-major (leading dimension 16).
+template <class K, class La, class Lb>
+__global__ void wmma_tile_kernel(Ptr<const K> a, Ptr<const K> b, Ptr<const float> c, Ptr<float> out, int ld) {
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, K, La> fa;
+  wmma::fragment<wmma::matrix_b, 16, 16, 16, K, Lb> fb;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+  wmma::load_matrix_sync(fa, a, unsigned(ld));
+  wmma::load_matrix_sync(fb, b, unsigned(ld));
+  wmma::load_matrix_sync(acc, c, 16, wmma::mem_col_major);
+  wmma::mma_sync(acc, fa, fb, acc);
+  wmma::store_matrix_sync(out, acc, 16, wmma::mem_row_major);
+}
+
+// The kernels' contraction helper on row-major global buffers: out (+)= a b.
+template <class K>
+__global__ void mma_tiles_kernel(Ptr<const K> a, Ptr<const K> b, Ptr<float> out, int M, int N, int Kd, bool accumulate) {
+  rja::mma_tiles<K>(M, N, Kd, a, Kd, b, N, out, N, accumulate);
+}
+
+// out = A A + 0 for A = a[0:256] row-major, or a misuse that a GPU would not report cleanly:
+// 1 lanes pass different pointers, 2 half the warp calls mma_sync and half store_matrix_sync,
+// 3 an ldm that is not a multiple of 8, 4 a pointer off 256-bit alignment, 5 lanes fill the
+// accumulator with different values (no error: a mixed tile), 6 a float ldm that is not a multiple
+// of 4, 7 half the warp exits before the collectives.
+template <class K>
+__global__ void wmma_misuse_kernel(Ptr<const K> a, Ptr<float> out, int mode) {
+  const int lane = int(threadIdx.x % 32);
+  if (mode == 7 && lane >= 16) return;
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, K, wmma::row_major> fa;
+  wmma::fragment<wmma::matrix_b, 16, 16, 16, K, wmma::row_major> fb;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+  wmma::fill_fragment(acc, mode == 5 ? float(lane) : 0.f);
+  const Ptr<const K> pa = mode == 1 && lane >= 16 ? a + 256 : mode == 4 ? a + 4 : a;
+  wmma::load_matrix_sync(fa, pa, mode == 3 ? 12 : 16);
+  wmma::load_matrix_sync(fb, a, 16);
+  if (mode != 2 || lane < 16) wmma::mma_sync(acc, fa, fb, acc);
+  wmma::store_matrix_sync(out, acc, mode == 6 ? 18 : 16, wmma::mem_row_major);
+}
+
 template <class T>
 Ptr<T> view(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.is_contiguous() && t.scalar_type() == at::kFloat, name, " must be a contiguous float32 tensor");
@@ -113,6 +157,66 @@ at::Tensor round_trip(const at::Tensor& in, at::ScalarType dtype) {
   return out;
 }
 
+template <class K>
+Ptr<K> view16(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_contiguous() && (t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16), name,
+              " must be a contiguous float16 or bfloat16 tensor");
+  return rja::make_ptr(reinterpret_cast<K*>(t.data_ptr()), t.numel(), name);
+}
+
+// Runs f with the emulated 16-bit type of `dtype` (float16 or bfloat16).
+template <class F>
+void dispatch_16_bit(at::ScalarType dtype, F&& f) {
+  TORCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16, "expected float16 or bfloat16, got ", dtype);
+  if (dtype == at::kHalf) {
+    f(__half{});
+  } else {
+    f(__nv_bfloat16{});
+  }
+}
+
+// One WMMA tile, out [16, 16] = A B + C, from buffers holding A and B in the given layouts with
+// leading dimension ld and C column-major.
+at::Tensor wmma_tile(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, bool a_col_major,
+                     bool b_col_major, int64_t ld) {
+  auto out = at::empty({16, 16});
+  dispatch_16_bit(a.scalar_type(), [&](auto tag) {
+    using K = decltype(tag);
+    const auto run = [&](auto* la, auto* lb) {
+      using La = std::remove_pointer_t<decltype(la)>;
+      using Lb = std::remove_pointer_t<decltype(lb)>;
+      rja::launch(wmma_tile_kernel<K, La, Lb>, 1, 32, 0, view16<const K>(a, "a"), view16<const K>(b, "b"),
+                  view<const float>(c, "c"), view<float>(out, "out"), int(ld));
+    };
+    wmma::row_major* row = nullptr;
+    wmma::col_major* col = nullptr;
+    if (a_col_major) {
+      b_col_major ? run(col, col) : run(col, row);
+    } else {
+      b_col_major ? run(row, col) : run(row, row);
+    }
+  });
+  return out;
+}
+
+// rja::mma_tiles: out [M, N] (+)= a [M, Kd] b [Kd, N] with `threads` threads.
+void mma_tiles(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, bool accumulate, int64_t threads) {
+  dispatch_16_bit(a.scalar_type(), [&](auto tag) {
+    using K = decltype(tag);
+    rja::launch(mma_tiles_kernel<K>, 1, int(threads), 0, view16<const K>(a, "a"), view16<const K>(b, "b"),
+                view<float>(out, "out"), int(a.size(0)), int(b.size(1)), int(a.size(1)), accumulate);
+  });
+}
+
+at::Tensor wmma_misuse(const at::Tensor& a, int64_t mode, int64_t threads) {
+  auto out = at::zeros({16, 16});
+  dispatch_16_bit(a.scalar_type(), [&](auto tag) {
+    using K = decltype(tag);
+    rja::launch(wmma_misuse_kernel<K>, 1, int(threads), 0, view16<const K>(a, "a"), view<float>(out, "out"), int(mode));
+  });
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -126,4 +230,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("divergent_barrier", &divergent_barrier);
   m.def("block_sum", &block_sum);
   m.def("round_trip", &round_trip);
+  m.def("wmma_tile", &wmma_tile);
+  m.def("mma_tiles", &mma_tiles);
+  m.def("wmma_misuse", &wmma_misuse);
+  m.def("wmma_mma_count", [] { return nvcuda::wmma::emu_mma_count; }, "mma_sync calls (per lane) so far");
 }
