@@ -5,19 +5,24 @@ forward+backward.
     pytest benchmarks/test_bench_cpu.py --benchmark-only -s
 
 Benchmarks are grouped per operator, size and pass, so pytest-benchmark's table shows the three
-implementations side by side with their ratios; extra_info holds GFLOP/s and the memory figures.
+implementations side by side with their ratios; extra_info holds GFLOP/s and the memory figures,
+and the fused forward's share of the machine's measured float32 peak (benchmarks/cpu_flop_peak.py),
+which is also printed.
 The smoke run (--benchmark-disable, CI) runs each body once and the slow references at the small
 size only.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import cpu_flop_peak
 import pytest
 import torch
 from conftest import SHORT, inputs_kwargs
@@ -41,6 +46,13 @@ def forward_flops(operator: str, b: int, seq: int, da: int, dv: int, k: int, ite
         per = sum(2 * dm * seq * seq + 2 * dm * d * seq + 2 * seq * dm * dm + 4 * seq * dm * d for dm in (da, dv))
         return float(b * iterations * per)
     return 2.0 * b * iterations * d * d * (seq + k)
+
+
+@functools.cache
+def measured_peak_gflops() -> float:
+    """The machine's float32 FMA peak on torch's thread count, measured (benchmarks/cpu_flop_peak.py)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return cpu_flop_peak.measure(cpu_flop_peak.build(Path(tmp)), torch.get_num_threads(), repeats=5)[1]
 
 
 def _missing(operator: str) -> str | None:
@@ -85,7 +97,13 @@ def test_forward(benchmark, operator, size, impl):
     with torch.no_grad():
         benchmark.pedantic(fn, args=(inp,), rounds=_rounds(name), iterations=1, warmup_rounds=1)
     if benchmark.stats:
-        benchmark.extra_info["gflops"] = forward_flops(operator, *dims) / benchmark.stats.stats.median / 1e9
+        gflops = forward_flops(operator, *dims) / benchmark.stats.stats.median / 1e9
+        benchmark.extra_info["gflops"] = gflops
+        if impl == "cpu":
+            share = gflops / measured_peak_gflops()
+            benchmark.extra_info["share_of_peak"] = share
+            print(f"\n{SHORT[operator]} {name} forward, cpu: {gflops:.1f} GFLOP/s, {share:.0%} of the measured "
+                  f"float32 peak ({measured_peak_gflops():.1f} GFLOP/s, benchmarks/cpu_flop_peak.py)")
 
 
 @pytest.mark.parametrize("impl", IMPLS)
