@@ -151,8 +151,8 @@ void transpose_block(const T* src, int64_t n, T* dst, int64_t ld) {
 
 template <typename T>
 void tanh_scaled(T* x, int64_t n, T scale) {
-  const ScaledTanh<T> tanh(scale);
-  for (int64_t i = 0; i < n; i += kLanes<T>) tanh(Vec<T>::loadu(x + i)).store(x + i);
+  const Vec<T> s(scale);
+  for (int64_t i = 0; i < n; i += kLanes<T>) vec_tanh<T>(Vec<T>::loadu(x + i) * s).store(x + i);
 }
 
 // The forward contractions shared by forward and backward, for one row block of one sample:

@@ -13,10 +13,9 @@
 namespace rja_cpu {
 namespace {
 
-// Test hook: the kernels' vectorised tanh(scale x) applied elementwise (tail lanes through masked
-// loads): ScaledTanh, or with `accurate` vec_tanh_accurate (the paper form's h_tanh activation,
-// unscaled there) of the scaled value.
-at::Tensor cpu_tanh(const at::Tensor& x_in, bool accurate, double scale) {
+// Test hook: the kernels' vectorised tanh applied elementwise (tail lanes through masked loads);
+// `accurate`: vec_tanh_accurate, the one of the paper form's h_tanh activation.
+at::Tensor cpu_tanh(const at::Tensor& x_in, bool accurate) {
   const at::Tensor x = x_in.contiguous();
   at::Tensor y = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rja_cpu_tanh", [&] {
@@ -24,11 +23,10 @@ at::Tensor cpu_tanh(const at::Tensor& x_in, bool accurate, double scale) {
     const int64_t n = x.numel(), V = kLanes<T>;
     const T* src = x.data_ptr<T>();
     T* dst = y.data_ptr<T>();
-    const ScaledTanh<T> tanh(static_cast<T>(scale));
     for (int64_t i = 0; i < n; i += V) {
       const int64_t count = std::min(V, n - i);
       const Vec<T> v = Vec<T>::loadu(src + i, count);
-      (accurate ? vec_tanh_accurate<T>(v * Vec<T>(static_cast<T>(scale))) : tanh(v)).store(dst + i, count);
+      (accurate ? vec_tanh_accurate<T>(v) : vec_tanh<T>(v)).store(dst + i, count);
     }
   });
   return y;
@@ -58,7 +56,7 @@ TORCH_LIBRARY_FRAGMENT(rja, m) {
       "cpu_jca_backward(Tensor grad_xa, Tensor grad_xv, Tensor xa_iters, Tensor xv_iters, "
       "Tensor w_ja, Tensor w_jv, Tensor w_a, Tensor w_v, Tensor w_ca, Tensor w_cv, "
       "Tensor w_ha, Tensor w_hv) -> Tensor[]");
-  m.def("cpu_tanh(Tensor x, bool accurate=False, float scale=1.0) -> Tensor");
+  m.def("cpu_tanh(Tensor x, bool accurate=False) -> Tensor");
   m.def("cpu_mxcsr() -> int", &rja_cpu::cpu_mxcsr);
 }
 

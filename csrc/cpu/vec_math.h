@@ -98,10 +98,6 @@ inline Vec<T> fnmadd(const Vec<T>& a, const Vec<T>& b, const Vec<T>& c) {
     Vec operator+(const Vec& o) const { return _mm512_add_##SFX(v, o.v); }                          \
     Vec operator*(const Vec& o) const { return _mm512_mul_##SFX(v, o.v); }                          \
     Vec operator-(const Vec& o) const { return _mm512_sub_##SFX(v, o.v); }                          \
-    Vec operator/(const Vec& o) const { return _mm512_div_##SFX(v, o.v); }                          \
-    /* the instructions' NaN rule: o where either lane is NaN */                                    \
-    Vec min(const Vec& o) const { return _mm512_min_##SFX(v, o.v); }                                \
-    Vec max(const Vec& o) const { return _mm512_max_##SFX(v, o.v); }                                \
     Vec relu() const { return _mm512_max_##SFX(_mm512_setzero_##SFX(), v); }                       \
     /* lanes where !(z > 0) (z <= 0 or NaN) become v * 0: 0, or NaN where v is NaN or inf */      \
     Vec times_positive(const Vec& z) const {                                                        \
@@ -153,10 +149,6 @@ RJA_DEFINE_VEC(double, __m512d, pd, __mmask8)
     Vec operator+(const Vec& o) const { return _mm256_add_##SFX(v, o.v); }                          \
     Vec operator*(const Vec& o) const { return _mm256_mul_##SFX(v, o.v); }                          \
     Vec operator-(const Vec& o) const { return _mm256_sub_##SFX(v, o.v); }                          \
-    Vec operator/(const Vec& o) const { return _mm256_div_##SFX(v, o.v); }                          \
-    /* the instructions' NaN rule: o where either lane is NaN */                                    \
-    Vec min(const Vec& o) const { return _mm256_min_##SFX(v, o.v); }                                \
-    Vec max(const Vec& o) const { return _mm256_max_##SFX(v, o.v); }                                \
     Vec relu() const { return _mm256_max_##SFX(_mm256_setzero_##SFX(), v); }                       \
     Vec times_positive(const Vec& z) const {                                                        \
       const R gt = _mm256_cmp_##SFX(z.v, _mm256_setzero_##SFX(), _CMP_GT_OQ);                       \
@@ -184,66 +176,54 @@ inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 // ---- tanh ---------------------------------------------------------------------------------------
 
-// tanh(s x) for a scale s fixed per kernel call (the correlation tiles' 1 / sqrt(d)): ScaledTanh<T>
-// tanh{s}; tanh(v). float64, and float32 without AVX2, multiply and call std::tanh.
 template <typename T>
-struct ScaledTanh {
-  T s;
-  explicit ScaledTanh(T scale) : s(scale) {}
-  Vec<T> operator()(Vec<T> x) const { return (x * Vec<T>(s)).map([](T a) { return std::tanh(a); }); }
-};
+inline Vec<T> vec_tanh(Vec<T> x) {
+  return x.map([](T a) { return std::tanh(a); });  // float64, and float32 without AVX2
+}
 
-// float32 tanh x = x P(x^2) / Q(x^2) with P, Q of degree 4, fitted by minimising the relative error
+// float32 tanh = x P(x^2) / Q(x^2) with P, Q of degree 4, fitted by minimising the relative error
 // on [0, 9] (Lawson-weighted least squares); about twice as cheap as SLEEF's. All coefficients
 // are positive, so Horner's scheme is well conditioned. For |x| >= 9 tanh rounds to +-1 in
 // float32: x^2 is clamped at 81 (one operation, where clamping x costs two; it also keeps x = inf
 // from becoming inf / inf), so x P(81) / Q(81) >= 1 there and the final clamp gives +-1. Each
-// operand order of min/max lets NaN through. Error against float64 tanh, measured over every
-// float32 in [0, 9] with s = 1 (the code is odd-symmetric; beyond 9 it returns +-1, as tanh rounds):
-// at most 3.113e-7 absolute and 5.223 ulp of the float32 spacing at the exact value, both at
-// x = 8.790288 (tests/test_cpu_tanh.py samples the sweep; RJA_FULL_TANH_SWEEP=1 repeats it in
-// full). The scale is folded into the coefficients, tanh(s y) = y P'(y^2) / Q'(y^2) with
-// p'_k = s^(2k+1) p_k and q'_k = s^(2k) q_k (rounded once, from float64), and the clamp is at
-// 81 / s^2: one multiplication fewer per vector than scaling y first, in a loop where the tanh
-// is a quarter of the forward's time. With s = 1 the coefficients are the fitted ones.
-#if defined(RJA_AVX512) || defined(RJA_AVX2)
+// operand order of min/max lets NaN through. Error against float64
+// tanh, measured over every float32 in [0, 9] (the code is odd-symmetric; beyond 9 it returns +-1,
+// as tanh rounds): at most 3.113e-7 absolute and 5.223 ulp of the float32 spacing at the exact
+// value, both at x = 8.790288 (tests/test_cpu_tanh.py samples the sweep; RJA_FULL_TANH_SWEEP=1
+// repeats it in full).
+#define RJA_TANH_BODY(PFX, SFX)                                                                     \
+  const auto one = PFX##_set1_##SFX(1.0f);                                                          \
+  const auto x = xv.v;                                                                              \
+  const auto s = PFX##_min_##SFX(PFX##_set1_##SFX(81.0f), PFX##_mul_##SFX(x, x));                   \
+  auto p = PFX##_set1_##SFX(1.3355366618172937e-08f);                                               \
+  p = PFX##_fmadd_##SFX(p, s, PFX##_set1_##SFX(2.0609589590817132e-05f));                           \
+  p = PFX##_fmadd_##SFX(p, s, PFX##_set1_##SFX(3.4956188062856865e-03f));                           \
+  p = PFX##_fmadd_##SFX(p, s, PFX##_set1_##SFX(1.3381051412499304e-01f));                           \
+  p = PFX##_fmadd_##SFX(p, s, PFX##_set1_##SFX(9.9999997944839991e-01f));                           \
+  auto q = PFX##_set1_##SFX(7.7768466057864805e-07f);                                               \
+  q = PFX##_fmadd_##SFX(q, s, PFX##_set1_##SFX(3.2856851029685615e-04f));                           \
+  q = PFX##_fmadd_##SFX(q, s, PFX##_set1_##SFX(2.5877098737060105e-02f));                           \
+  q = PFX##_fmadd_##SFX(q, s, PFX##_set1_##SFX(4.6714367006913515e-01f));                           \
+  q = PFX##_fmadd_##SFX(q, s, one);                                                                 \
+  /* The approximation may overshoot 1 by an ulp near saturation; tanh never does. */              \
+  const auto t = PFX##_div_##SFX(PFX##_mul_##SFX(x, p), q);                                         \
+  return PFX##_max_##SFX(PFX##_set1_##SFX(-1.0f), PFX##_min_##SFX(one, t));
+
+#if defined(RJA_AVX512)
 template <>
-struct ScaledTanh<float> {
-  static constexpr double kP[5] = {9.9999997944839991e-01, 1.3381051412499304e-01, 3.4956188062856865e-03,
-                                   2.0609589590817132e-05, 1.3355366618172937e-08};  // p_0 .. p_4
-  static constexpr double kQ[5] = {1.0, 4.6714367006913515e-01, 2.5877098737060105e-02,
-                                   3.2856851029685615e-04, 7.7768466057864805e-07};
-  float p[5], q[5], clamp;
-  explicit ScaledTanh(float scale) {
-    const double s = scale;
-    double s2k = 1;  // s^(2k)
-    for (int k = 0; k < 5; ++k, s2k *= s * s) {
-      p[k] = static_cast<float>(kP[k] * s2k * s);
-      q[k] = static_cast<float>(kQ[k] * s2k);
-    }
-    clamp = static_cast<float>(81.0 / (s * s));
-  }
-  Vec<float> operator()(Vec<float> y) const {
-    using V = Vec<float>;
-    const V z = V(clamp).min(y * y);
-    V pz = fmadd(V(p[4]), z, V(p[3]));
-    V qz = fmadd(V(q[4]), z, V(q[3]));
-    for (int k = 2; k >= 0; --k) {
-      pz = fmadd(pz, z, V(p[k]));
-      qz = fmadd(qz, z, V(q[k]));
-    }
-    // The approximation may overshoot 1 by an ulp near saturation; tanh never does.
-    return V(-1.0f).max(V(1.0f).min((y * pz) / qz));
-  }
-};
+inline Vec<float> vec_tanh<float>(Vec<float> xv) { RJA_TANH_BODY(_mm512, ps) }
+#elif defined(RJA_AVX2)
+template <>
+inline Vec<float> vec_tanh<float>(Vec<float> xv) { RJA_TANH_BODY(_mm256, ps) }
 #endif
+#undef RJA_TANH_BODY
 
 // tanh accurate to about half an ulp of float32, for the few tanh whose error the backward
 // amplifies: relu(tanh(G)) (h_tanh) has the derivative (1 - H^2), and where tanh(G) is near +-1 an
 // absolute error of 5 ulp in H is a large relative error in 1 - H^2. Evaluated in float64:
 // tanh|x| = (1 - e) / (1 + e) with e = exp(-2|x|) (range-reduced by powers of 2, Taylor degree 9,
 // relative error < 1e-11), and tanh x = x below 1e-5, where that is exact to float32 precision.
-// About 5x the cost of ScaledTanh; used on L x d elements per sample and modality, not dm x d.
+// About 5x the cost of vec_tanh; used on L x d elements per sample and modality, not dm x d.
 template <typename T>
 inline Vec<T> vec_tanh_accurate(Vec<T> x) {
   return x.map([](T a) { return std::tanh(a); });
@@ -333,13 +313,10 @@ inline void micro_kernel(int64_t K, const T* a, int64_t a_i, int64_t a_k, const 
       for (int j = 0; j < NR; ++j) acc[i][j] = fmadd(ai, bj[j], acc[i][j]);
     }
   }
-  // A local copy: the stores to `out` cannot change it, so what it holds (ScaledTanh's
-  // coefficients) stays in registers instead of being reloaded after every store.
-  const Epi local = epi;
   for (int i = 0; i < MR; ++i) {
     for (int j = 0; j < NR; ++j) {
       T* o = out + i * ld + j * V;
-      local(acc[i][j], o);
+      epi(acc[i][j], o);
       acc[i][j].store(o);
     }
   }
