@@ -80,7 +80,7 @@ def _fwd_modality(x, x_dst, ja, jv, w_j, w_u, w_c, w_h, L, DM, DA, D, K, scale,
 
 
 @triton.autotune(configs=_FWD_CONFIGS, key=["L", "DA", "DV", "K", "T"],
-                   prune_configs_by={"early_config_prune": prune_by_length})
+                 prune_configs_by={"early_config_prune": prune_by_length})
 @triton.jit(do_not_specialize=["B", "T", "W_PER_ITER"])
 def _jca_fwd_kernel(xa, xv, w_ja, w_jv, w_a, w_v, w_ca, w_cv, w_ha, w_hv,
                     xa_out, xv_out, xa_it, xv_it,
@@ -187,7 +187,7 @@ def _bwd_modality(x, ja, jv, g_cur, g_next, COL0, w_j, w_u, w_c, w_h, gw_j, gw_u
 
 
 @triton.autotune(configs=_BWD_CONFIGS, key=["L", "DA", "DV", "K", "T"],
-                   prune_configs_by={"early_config_prune": prune_by_length})
+                 prune_configs_by={"early_config_prune": prune_by_length})
 @triton.jit(do_not_specialize=["B", "T", "TW"])
 def _jca_bwd_kernel(grad_xa, grad_xv, xa_it, xv_it, w_ja, w_jv, w_a, w_v, w_ca, w_cv, w_ha, w_hv,
                     gxa, gxv, g_scratch, p_ja, p_jv, p_a, p_v, p_ca, p_cv, p_ha, p_hv,

@@ -176,7 +176,7 @@ def _residual(h_src, w_h, x, dst, L, DM, D, OUT_RELU: tl.constexpr,
 
 
 @triton.autotune(configs=_FWD_CONFIGS, key=["L", "DA", "DV", "T"],
-                   prune_configs_by={"early_config_prune": prune_by_length})
+                 prune_configs_by={"early_config_prune": prune_by_length})
 @triton.jit(do_not_specialize=["B", "T", "W_PER_ITER"])
 def _paper_fwd_kernel(xa, xv, w_ja, w_jv, w_ca, w_cv, w_ha, w_hv, xa_out, xv_out, xa_it, xv_it, ws,
                       B, T, W_PER_ITER, L, DA, DV, scale,
@@ -323,7 +323,7 @@ def _grad_x_q(gq_src, w_c, g_next, COL0, L, DM, D, BL: tl.constexpr, BM: tl.cons
 
 
 @triton.autotune(configs=_BWD_CONFIGS, key=["L", "DA", "DV", "T"],
-                   prune_configs_by={"early_config_prune": prune_by_length})
+                 prune_configs_by={"early_config_prune": prune_by_length})
 @triton.jit(do_not_specialize=["B", "T", "TW"])
 def _paper_bwd_kernel(grad_xa, grad_xv, xa_it, xv_it, w_ja, w_jv, w_ca, w_cv, w_ha, w_hv, gxa, gxv, ws, fs,
                       h_sa, h_sv, gu_sa, gu_sv, gq_sa, gq_sv, gp_sa, gp_sv,

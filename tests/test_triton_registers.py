@@ -31,3 +31,14 @@ def test_long_sequences_have_a_candidate_that_stays_in_registers(long_float32, k
     best = min(r["stack"] for r in rows if r["long_only"])
     assert usual >= 1024, "the usual candidates no longer spill here: the long-only ones may be unneeded"
     assert best <= 1024, f"{kernel}: every long-sequence candidate keeps over 1 KB per thread on the stack"
+
+
+@pytest.mark.parametrize(("seq", "kept"), [(16, 1), (32, 1), (33, 2), (64, 2)])
+def test_long_only_candidates_are_pruned_below_64(seq, kept):
+    import triton
+
+    from rja_kernels._triton_common import prune_by_length
+
+    usual, long_only = triton.Config({"BM": 64, "BD": 64}), triton.Config({"BM": 16, "BD": 32})
+    long_only.long_only = True
+    assert len(prune_by_length([usual, long_only], {"L": seq})) == kept
