@@ -283,7 +283,7 @@ template <typename T>
 void residual(int64_t rows, int64_t dm, const T* x, const T* u, int64_t ldu, bool out_relu, T* out) {
   constexpr int64_t V = kLanes<T>;
   const int64_t block = 64;
-  parallel_tasks((rows + block - 1) / block, rows * dm, [&](int64_t task) {
+  parallel_tasks((rows + block - 1) / block, rows * dm * kCopyWork, [&](int64_t task) {
     for (int64_t row = task * block; row < std::min(rows, (task + 1) * block); ++row) {
       for (int64_t r = 0; r < dm; r += V) {
         const int64_t n = std::min(V, dm - r);
