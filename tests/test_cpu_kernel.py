@@ -28,9 +28,10 @@ pytestmark = pytest.mark.skipif(_missing is not None, reason=f"cpu backend unava
 # float64) and the rows of C in chunks of 64: d = 97 and 200 leave ragged last tiles, da = 70 and
 # 130 a ragged last chunk, L = 19 > 16 pads the [., L] operands to two vectors, L = 1 is the
 # degenerate sequence, B = 1 splits a sample's column tiles into groups (partial sums); d = 64 and
-# 256 are powers of 4, whose scale 1/sqrt(d) the forward folds into P.
+# 256 are powers of 4, whose scale 1/sqrt(d) the forward folds into P; da, dv = 96, 160 are whole
+# vectors, where the GEMM of U writes x + U itself.
 PAPER_SHAPES = [(2, 5, 40, 57), (1, 7, 70, 33), (3, 16, 33, 17), (2, 1, 24, 40), (1, 19, 130, 70),
-                (2, 9, 100, 156)]
+                (2, 9, 96, 160)]
 # (B, L, da, dv, k) of the JCA form: row blocks of 2 vectors (32 float32 / 16 float64 rows) and
 # d-chunks of 96; k = 5 and 12 pad the [., k] operands.
 JCA_SHAPES = [(2, 5, 24, 40, 12), (1, 7, 16, 9, 5), (3, 16, 33, 17, 32), (2, 1, 50, 70, 3)]

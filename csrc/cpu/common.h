@@ -227,9 +227,10 @@ class PackedWeight {
 // [kBlockM x block_n] output blocks; each runs K in slices of kBlockK (a B slice of kBlockK rows
 // and kPanelCols columns stays in L1 while the rows of A pass). Each output element is summed in
 // the order k = 0, 1, ..., K-1 whatever the thread count: the result is the same bits on any.
-template <typename T>
+// `epi` transforms the final sums (it runs on the last K slice).
+template <typename T, typename Epi = NoEpilogue>
 void batch_gemm(int64_t M, int64_t K, const T* a, int64_t a_i, int64_t a_k, const Panel<T>& b, T* out,
-                int64_t ld, bool accumulate) {
+                int64_t ld, bool accumulate, const Epi& epi = Epi()) {
   constexpr int64_t V = kLanes<T>, NB = kPanelCols<T>;
   // 96 rows x 256 float32 columns per task, K in slices of 128 (float64: 128 columns, 64 deep):
   // the best of the blockings tried at the paper's size.
@@ -244,8 +245,15 @@ void batch_gemm(int64_t M, int64_t K, const T* a, int64_t a_i, int64_t a_k, cons
       const int64_t kc = std::min(kBlockK, K - k0);
       for (int64_t j = j0; j < j1; j += NB) {
         const T* bj = b.block ? b.data + j / NB * b.block + k0 * NB : b.data + k0 * b.ld + j;
-        gemm<T>(rows, std::min(NB, j1 - j) / V, kc, a + i0 * a_i + k0 * a_k, a_i, a_k, bj, b.block ? NB : b.ld,
-                out + i0 * ld + j, ld, accumulate || k0 > 0);
+        const auto call = [&](const auto& e) {
+          gemm<T>(rows, std::min(NB, j1 - j) / V, kc, a + i0 * a_i + k0 * a_k, a_i, a_k, bj, b.block ? NB : b.ld,
+                  out + i0 * ld + j, ld, accumulate || k0 > 0, e);
+        };
+        if (k0 + kBlockK >= K) {
+          call(epi);
+        } else {
+          call(NoEpilogue{});
+        }
       }
       k0 += kBlockK;
     } while (k0 < K);

@@ -302,6 +302,18 @@ void attention_maps(const Dims<T>& D, const std::array<ModalityWeights<T>, 2>& W
       });
 }
 
+// x' = x + U (x + relu(U) with out_relu) as U's GEMM stores its sums: x at the same offset from `x`
+// as the output from `out0` (x' and x alike, rows dm long with dm a multiple of the vector width).
+template <typename T>
+struct ResidualEpilogue {
+  const T* out0;
+  const T* x;
+  bool out_relu;
+  void operator()(Vec<T>& acc, const T* out) const {
+    acc = Vec<T>::loadu(x + (out - out0)) + (out_relu ? acc.relu() : acc);
+  }
+};
+
 // out[row, r] = x[row, r] + u[row, r] (relu(u) with out_relu), rows of x and out dm long, of u ldu.
 template <typename T>
 void residual(int64_t rows, int64_t dm, const T* x, const T* u, int64_t ldu, bool out_relu, T* out) {
@@ -348,9 +360,13 @@ void forward_impl(const Dims<T>& D, const std::array<const T*, 6>& w, int64_t it
                                    last ? xv_out.data_ptr<T>() : xv_iters[t + 1].data_ptr<T>()};
     attention_maps(D, W, it, h_tanh);
     for (int m = 0; m < 2; ++m) {
-      // U = H w_h into Q's buffer, then the residual update.
-      batch_gemm<T>(D.rows(), D.d, it.h[m], D.ldh, 1, W[m].wh.panel(), it.q[m], D.dmp(m), false);
-      residual(D.rows(), D.dm(m), it.x[m], it.q[m], D.dmp(m), out_relu, out[m]);
+      if (D.dmp(m) == D.dm(m)) {  // rows need no padding: U's GEMM writes x' itself
+        batch_gemm<T>(D.rows(), D.d, it.h[m], D.ldh, 1, W[m].wh.panel(), out[m], D.dm(m), false,
+                      ResidualEpilogue<T>{out[m], it.x[m], out_relu});
+      } else {  // U = H w_h into Q's buffer, then the residual update
+        batch_gemm<T>(D.rows(), D.d, it.h[m], D.ldh, 1, W[m].wh.panel(), it.q[m], D.dmp(m), false);
+        residual(D.rows(), D.dm(m), it.x[m], it.q[m], D.dmp(m), out_relu, out[m]);
+      }
     }
   }
 }
