@@ -169,6 +169,99 @@ def test_paper_shared_memory_limit_is_reported():
         call_operator(PAPER, inp, 1, "cuda")
 
 
+# ---- the split across thread blocks (several blocks per sample, one cooperative launch) ----------------
+
+@pytest.fixture
+def emulated_device():
+    """Sets the emulated device (SM count, blocks per SM) for the test; restores it after."""
+    emu = cuda.cuda_emulator()
+    saved = []
+
+    def set_device(sms, per_sm):
+        previous = emu.set_device(sms, per_sm)
+        if not saved:
+            saved.append(previous)
+
+    yield set_device
+    if saved:
+        emu.set_device(*saved[0])
+
+
+SPLITS = [1, 2, 3]
+# d = 64 in tiles of 48: two column tiles (a third block has none); tiles of 5 features: 13, dealt
+# unevenly among the blocks.
+SPLIT_SHAPES = [None, {"threads": 40, "rows": 7, "cols": 5}]
+
+
+@pytest.mark.parametrize("config", SPLIT_SHAPES, ids=["default", "ragged"])
+@pytest.mark.parametrize("split", SPLITS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("options", [{}, {"h_tanh": True, "out_relu": True}], ids=_switch_id)
+def test_paper_split_meets_the_rule_and_equals_one_block_bitwise(dtype, split, config, options, emulated_device):
+    # The forward and the backward, with `split` blocks per sample.
+    emulated_device(8, 2)  # room for 3 samples x 3 blocks
+    config = {**(config or {}), "split": split}
+    check(PAPER, 3, 5, 24, 40, 2, 2, dtype, options=options, config=config)
+    # The terms of U, gQ and gP are summed in tile order whichever block computed them: the lone
+    # block's sums, and every other element is computed by the same arithmetic as the lone block's.
+    inp = make_inputs(PAPER, 3, 5, 24, 40, 2, dtype=dtype, seed=3)
+    weights = tuple(t for n, t in inp.items() if n.startswith("w_"))
+    gen = torch.Generator().manual_seed(4)
+    grads_out = [torch.randn(inp[n].shape, generator=gen).to(dtype) for n in ("xa", "xv")]
+    runs = []
+    for s in (1, split):
+        with cuda.emulated_config(**{**config, "split": s}):
+            saved = cuda.paper_forward(inp["xa"], inp["xv"], weights, 2, **options)
+            runs.append((*saved, *cuda.paper_backward(*grads_out, *saved[2:], weights, **options)))
+    names = ["xa_out", "xv_out", "xa_iters", "xv_iters", *(f"grad {n}" for n in inp)]
+    assert len(runs[0]) == len(names)
+    for name, one, many in zip(names, *runs):
+        assert torch.equal(one, many), name
+
+
+def test_paper_heuristic_split_is_the_lone_blocks_result():
+    # The default (split=0) on the default emulated device (4 SMs x 2 blocks) gives B = 2 at d = 42
+    # (tiles of 48 features: one column tile) one block per sample, at tiles of 16 (three) four.
+    emu = cuda.cuda_emulator()
+    assert emu.blocks_per_sm(64, 0) == 2
+    assert emu.choose_split(2, 4, 2, 1) == 1 and emu.choose_split(2, 4, 2, 3) == 3
+    inp = make_inputs(PAPER, 2, 6, 13, 29, 3)
+    weights = tuple(t for n, t in inp.items() if n.startswith("w_"))
+    runs = []
+    for split in (0, 1):
+        with cuda.emulated_config(cols=16, split=split):
+            saved = cuda.paper_forward(inp["xa"], inp["xv"], weights, 3, out_relu=True)
+            runs.append((*saved, *cuda.paper_backward(saved[0], saved[1], *saved[2:], weights, out_relu=True)))
+    for one, many in zip(*runs):
+        assert torch.equal(one, many)
+
+
+@pytest.mark.parametrize(
+    ("batch", "sms", "per_sm", "tiles", "expected"),
+    [
+        (64, 132, 1, 16, 2),  # the benchmark's B on an H100, one block per SM: 128 blocks
+        (64, 132, 2, 16, 4),
+        (50, 132, 1, 16, 2),  # rounded down: 3 x 50 blocks would not all be resident
+        (132, 132, 1, 16, 1),  # B fills the device
+        (500, 132, 4, 16, 1),
+        (1, 132, 8, 16, 16),  # at most one block per column tile
+        (3, 132, 8, 2, 2),
+        (3, 4, 2, 2, 2),
+        (0, 132, 1, 16, 1),
+    ],
+)
+def test_split_heuristic(batch, sms, per_sm, tiles, expected):
+    assert cuda.cuda_emulator().choose_split(batch, sms, per_sm, tiles) == expected
+
+
+def test_forced_split_beyond_the_resident_blocks_is_refused(emulated_device):
+    emulated_device(2, 2)
+    inp = make_inputs(PAPER, 3, 5, 24, 40, 1)
+    with cuda.emulated_config(split=2), pytest.raises(
+            RuntimeError, match=r"split=2 needs B \* split = 6 resident blocks; the device holds 2 SMs x 2 = 4"):
+        call_operator(PAPER, inp, 1, "cuda")
+
+
 # ---- the JCA form ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

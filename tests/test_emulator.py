@@ -64,3 +64,49 @@ def test_16_bit_conversions_match_torch(dtype):
     expected = values.to(dtype).float()
     assert torch.equal(emu.round_trip(values, dtype), expected)
     assert emu.round_trip(torch.tensor([float("nan")]), dtype).isnan().all()
+
+
+# ---- cooperative launches: every block resident, barriers across blocks (rja::Group) ----
+
+@pytest.mark.parametrize(("blocks", "threads", "rounds"), [(1, 32, 2), (2, 64, 3), (8, 40, 4)])
+def test_blocks_of_a_cooperative_grid_exchange_data_through_a_counter_barrier(blocks, threads, rounds):
+    # The counter is never reset: each barrier waits for its own generation's count (rounds x 2 uses).
+    out = emu.ring_exchange(blocks, threads, rounds, 0, True)
+    neighbour = (torch.arange(blocks) + 1) % blocks
+    expected = 100.0 * neighbour[None, :] + torch.arange(rounds)[:, None]
+    assert torch.equal(out, expected.float())
+
+
+def test_a_block_that_never_arrives_is_a_deadlock_naming_the_stalled_blocks():
+    with pytest.raises(RuntimeError, match=r"deadlock in a cooperative grid: no thread of any block can progress; "
+                                           r"stalled blocks: block \(0,0,0\): 63 wait at __syncthreads\(\) .*; "
+                                           r"1 spin on a volatile load.* block \(3,0,0\):") as err:
+        emu.ring_exchange(5, 64, 2, 1, True)
+    assert "(4,0,0)" not in str(err.value)  # the block that exited is not stalled
+
+
+def test_the_schedule_exposes_a_missing_barrier():
+    # Without the barrier each block runs to its end before the next starts: it reads slots that
+    # its neighbour has not written yet (NaN), where a GPU might happen to see them written.
+    out = emu.ring_exchange(4, 32, 2, 2, True)
+    assert out[:, :3].isnan().all()
+
+
+def test_a_barrier_across_blocks_needs_a_cooperative_launch():
+    with pytest.raises(RuntimeError, match=r"deadlock \(a wait for another block needs a cooperative launch\)"):
+        emu.ring_exchange(2, 32, 1, 0, False)
+
+
+def test_a_grid_beyond_the_resident_capacity_is_refused():
+    sms, per_sm = emu.set_device(3, 2)
+    try:
+        assert emu.blocks_per_sm(64, 0) == 2
+        assert emu.blocks_per_sm(1024, 0) == 2 and emu.blocks_per_sm(2048 // 2 + 1, 0) == 1  # 2048 threads per SM
+        assert emu.blocks_per_sm(64, 100 * 1024) == 2 and emu.blocks_per_sm(64, 120 * 1024) == 1  # 228 KiB
+        assert torch.equal(emu.ring_exchange(6, 64, 1, 0, True)[0], torch.tensor([100.0, 200, 300, 400, 500, 0]))
+        with pytest.raises(RuntimeError, match=r"cooperative launch of 7 blocks exceeds the resident capacity of the "
+                                               r"emulated device: 3 SMs x 2 blocks of 64 threads .* = 6"):
+            emu.ring_exchange(7, 64, 1, 0, True)
+        emu.ring_exchange(7, 64, 1, 2, False)  # an ordinary launch has no such limit
+    finally:
+        emu.set_device(sms, per_sm)

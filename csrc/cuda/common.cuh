@@ -19,8 +19,38 @@ struct Dims {
   float scale;  // 1 / sqrt(d)
   bool h_tanh, out_relu;  // the paper form's switches (SPEC section 1)
   bool mma;               // the paper form's forward on tensor cores (paper.cuh; host.h decides)
+  int split = 1;          // the paper form: thread blocks per sample (paper.cuh; host.h decides)
   RJA_HOST_DEVICE int d() const { return da + dv; }
   RJA_HOST_DEVICE int weight_set(int it) const { return Tw == 1 ? 0 : it; }
+};
+
+// The S blocks that share the work of one sample (S = gridDim.x / B; blocks b*S .. b*S + S - 1).
+// Barrier: all S meet; for S > 1 a barrier across blocks, through the sample's arrival counter in
+// global memory (zero at launch): the g-th barrier is passed when the counter reaches g * S, so it
+// needs no reset between uses. Every write before it, by any of the S blocks, is seen by all of
+// them after it. Needs all S blocks resident at once (a cooperative launch). Called by all threads.
+struct Group {
+  int part, parts;  // this block's index in the group, and S
+  Ptr<unsigned> counter;
+  unsigned passed = 0;  // barriers passed so far
+
+  // [first, last) of n items cut in S nearly equal ranges: this block's range.
+  RJA_HOST_DEVICE int first(int n) const { return int(std::int64_t(n) * part / parts); }
+  RJA_HOST_DEVICE int last(int n) const { return int(std::int64_t(n) * (part + 1) / parts); }
+
+  RJA_DEVICE void barrier() {
+    __syncthreads();  // the block's writes are issued
+    if (parts == 1) return;
+    ++passed;
+    if (threadIdx.x == 0) {
+      thread_fence();  // visible to the other blocks before they learn of the arrival
+      atomic_add(counter, 1u);
+      while (volatile_load(counter) < passed * unsigned(parts)) {
+      }
+      thread_fence();  // the other blocks' writes are seen after the wait
+    }
+    __syncthreads();
+  }
 };
 
 // Size of the tile starting at `start` of a dimension of size n cut in tiles of `tile`.

@@ -99,10 +99,28 @@ RJA_DEVICE __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
 
 }  // namespace rja
 
+namespace rja {
+
+// What a barrier across the blocks of a grid needs (common.cuh, Group::barrier): an atomic add, a
+// device-wide fence and a load that sees other blocks' writes while the thread spins on it (under
+// the emulator it yields, so that the other blocks run).
+RJA_DEVICE unsigned atomic_add(Ptr<unsigned> p, unsigned v) { return atomicAdd(&p[0], v); }
+RJA_DEVICE void thread_fence() { __threadfence(); }
+#ifdef RJA_EMULATE
+RJA_DEVICE unsigned volatile_load(Ptr<unsigned> p) { return ::emu::volatile_load(&p[0]); }
+#else
+RJA_DEVICE unsigned volatile_load(Ptr<unsigned> p) { return *reinterpret_cast<volatile unsigned*>(p); }
+#endif
+
+}  // namespace rja
+
 // Block-stride loop: thread t takes indices t, t + blockDim.x, ... below n. Two loops with the same
 // n give every thread the same indices, which is what lets a thread update "its" elements of a
 // buffer in several loops without a barrier in between.
 #define RJA_BLOCK_LOOP(i, n) for (int i = int(threadIdx.x); i < (n); i += int(blockDim.x))
+// The same over [first, last): a block's share of a range cut among several blocks.
+#define RJA_RANGE_LOOP(i, first, last) \
+  for (int i = int(first) + int(threadIdx.x); i < int(last); i += int(blockDim.x))
 
 // Unroll hint for nvcc; the host compiler of the emulated build decides for itself.
 #ifdef RJA_EMULATE

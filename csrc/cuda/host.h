@@ -6,7 +6,9 @@
 
 #include <torch/types.h>
 
+#include <algorithm>
 #include <cmath>
+#include <tuple>
 #include <vector>
 
 #include "jca.cuh"
@@ -19,18 +21,31 @@
 
 namespace rja {
 
-// Launch shape: threads per block, rows of x^T and joint features per tile.
+// Launch shape: threads per block, rows of x^T and joint features per tile, and thread blocks per
+// sample of the paper form's forward (0: choose_split decides).
 struct Config {
-  int threads = 256, rows = 32, cols = 64;
+  int threads = 256, rows = 32, cols = 64, split = 0;
 };
 
 #ifdef RJA_EMULATE
 inline std::size_t max_shared_bytes() { return emu::kMaxSharedBytes; }
 inline bool device_has_bf16_wmma() { return true; }
+inline int sm_count() { return emu::device().sm_count; }
+
+template <class... KArgs>
+int blocks_per_sm(void (*)(KArgs...), int threads, std::size_t shared_bytes) {
+  return emu::max_active_blocks_per_sm(threads, shared_bytes);
+}
 
 template <class... KArgs, class... Args>
 void launch(void (*kernel)(KArgs...), int grid, int block, std::size_t shared_bytes, Args&&... args) {
   emu::launch(kernel, emu::dim3(unsigned(grid)), emu::dim3(unsigned(block)), shared_bytes, std::forward<Args>(args)...);
+}
+
+template <class... KArgs, class... Args>
+void launch_cooperative(void (*kernel)(KArgs...), int grid, int block, std::size_t shared_bytes, Args&&... args) {
+  emu::launch_cooperative(kernel, emu::dim3(unsigned(grid)), emu::dim3(unsigned(block)), shared_bytes,
+                          std::forward<Args>(args)...);
 }
 #else
 inline std::size_t max_shared_bytes() {
@@ -47,13 +62,54 @@ inline bool device_has_bf16_wmma() {
   return major >= 8;
 }
 
+inline int sm_count() {
+  int device = 0, n = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+  return n;
+}
+
+// Blocks of `kernel` one SM holds at once (with the dynamic shared memory limit it launches with).
+template <class... KArgs>
+int blocks_per_sm(void (*kernel)(KArgs...), int threads, std::size_t shared_bytes) {
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared_bytes)));
+  int n = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, shared_bytes));
+  return n;
+}
+
 template <class... KArgs, class... Args>
 void launch(void (*kernel)(KArgs...), int grid, int block, std::size_t shared_bytes, Args&&... args) {
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared_bytes)));
   kernel<<<grid, block, shared_bytes, c10::cuda::getCurrentCUDAStream()>>>(std::forward<Args>(args)...);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
+
+// A launch whose blocks are all resident at once (the runtime refuses a grid that cannot be), as a
+// barrier across blocks needs.
+template <class... KArgs, class... Args>
+void launch_cooperative(void (*kernel)(KArgs...), int grid, int block, std::size_t shared_bytes, Args&&... args) {
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared_bytes)));
+  std::tuple<std::decay_t<KArgs>...> params(std::forward<Args>(args)...);
+  std::apply(
+      [&](auto&... p) {
+        void* pointers[] = {static_cast<void*>(&p)...};
+        C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(unsigned(grid)),
+                                                   dim3(unsigned(block)), pointers, shared_bytes,
+                                                   c10::cuda::getCurrentCUDAStream()));
+      },
+      params);
+}
 #endif
+
+// Thread blocks per sample for a batch of B: as many as the resident blocks (sm_count x per_sm)
+// allow for all B samples at once, at most one per column tile (the unit of work they share), and
+// 1 where B alone fills the device. Rounded down: all B x S blocks must be resident together.
+inline int choose_split(std::int64_t B, int sm_count, int per_sm, int column_tiles) {
+  if (B <= 0) return 1;
+  const std::int64_t fit = std::int64_t(sm_count) * per_sm / B;
+  return int(std::max<std::int64_t>(1, std::min<std::int64_t>(fit, column_tiles)));
+}
 
 // Runs f with a value of the kernel element type of `dtype`.
 template <class F>
@@ -76,7 +132,7 @@ inline Dims dims_of(int64_t B, int64_t L, int64_t da, int64_t dv, int64_t k, int
   TORCH_CHECK(cfg.threads >= 32 && cfg.threads <= 1024 && cfg.rows >= 1 && cfg.cols >= 1,
               "rja cuda: bad launch config: threads=", cfg.threads, " rows=", cfg.rows, " cols=", cfg.cols);
   return Dims{int(B), int(L), int(da), int(dv), int(k), int(T), int(Tw), cfg.rows, cfg.cols,
-              float(1.0 / std::sqrt(double(da + dv))), h_tanh, out_relu, false};
+              float(1.0 / std::sqrt(double(da + dv))), h_tanh, out_relu, false, 1};
 }
 
 inline std::size_t shared_bytes_checked(std::int64_t floats, const Dims& s, bool backward, const char* form) {
@@ -201,6 +257,19 @@ inline Dims with_tensor_cores(Dims s, at::ScalarType dtype) {
   return s;
 }
 
+// Thread blocks per sample for `kernel`: cfg.split, or choose_split's for the device; all B * split
+// blocks must be resident at once.
+template <class... KArgs>
+int split_for(void (*kernel)(KArgs...), int64_t B, int64_t d, const Dims& s, std::size_t smem, const Config& cfg,
+              const char* pass) {
+  const int per_sm = blocks_per_sm(kernel, cfg.threads, smem), sms = sm_count();
+  const int split = cfg.split > 0 ? cfg.split : choose_split(B, sms, per_sm, int((d + s.E - 1) / s.E));
+  TORCH_CHECK(split == 1 || B * split <= int64_t(sms) * per_sm, "rja cuda paper ", pass, ": split=", split,
+              " needs B * split = ", B * split, " resident blocks; the device holds ", sms, " SMs x ", per_sm, " = ",
+              int64_t(sms) * per_sm);
+  return split;
+}
+
 // forward(xa, xv, weights, T, h_tanh, out_relu) -> (xa_out, xv_out, xa_iters [T, B, L, da], xv_iters [T, B, L, dv])
 inline std::vector<at::Tensor> forward(const at::Tensor& xa, const at::Tensor& xv, at::TensorList w,
                                        int64_t iterations, bool h_tanh, bool out_relu, const Config& cfg) {
@@ -209,16 +278,29 @@ inline std::vector<at::Tensor> forward(const at::Tensor& xa, const at::Tensor& x
   const int64_t B = xa.size(0), L = xa.size(1), da = xa.size(2), dv = xv.size(2);
   TORCH_CHECK(iterations >= 1 && (w[0].size(0) == 1 || w[0].size(0) == iterations),
               "rja cuda: weights must hold 1 or T = ", iterations, " sets, got ", w[0].size(0));
-  const Dims s = with_tensor_cores(dims_of(B, L, da, dv, 0, iterations, w[0].size(0), cfg, h_tanh, out_relu),
-                                   xa.scalar_type());
+  TORCH_CHECK(cfg.split >= 0, "rja cuda: split must be >= 0 (0: chosen for the device), got ", cfg.split);
+  Dims s = with_tensor_cores(dims_of(B, L, da, dv, 0, iterations, w[0].size(0), cfg, h_tanh, out_relu),
+                             xa.scalar_type());
   auto xa_iters = at::empty({iterations, B, L, da}, xa.options());
   auto xv_iters = at::empty({iterations, B, L, dv}, xv.options());
   auto xa_out = at::empty_like(xa), xv_out = at::empty_like(xv);
   if (B == 0) return {xa_out, xv_out, xa_iters, xv_iters};  // a zero-sized grid is a launch error
   const std::size_t smem = shared_bytes_checked(SmemLayout(s, false).total, s, false, "paper");
-  auto work = at::empty({B, Work::floats(s)}, xa.options().dtype(at::kFloat));
+  const auto f32 = xa.options().dtype(at::kFloat);
+  auto work = at::empty({B, Work::floats(s)}, f32);
+  const int64_t tiles = (da + dv + s.E - 1) / s.E;  // column tiles
   dispatch_element(xa.scalar_type(), [&](auto tag) {
     using K = decltype(tag);
+    s.split = split_for(forward_kernel<K>, B, da + dv, s, smem, cfg, "forward");
+    at::Tensor terms, counters;  // the split's workspace
+    if (s.split > 1) {
+      terms = at::empty({B, tiles, L, da + dv}, f32);
+      counters = at::zeros({B}, xa.options().dtype(at::kInt));
+    }
+#ifdef RJA_EMULATE
+    work.fill_(NAN);  // a read of a workspace element before it is written shows up in the results
+    if (terms.defined()) terms.fill_(NAN);
+#endif
     ForwardArgs<K> a;
     a.xa = ptr<const K>(xa, "xa");
     a.xv = ptr<const K>(xv, "xv");
@@ -228,8 +310,16 @@ inline std::vector<at::Tensor> forward(const at::Tensor& xa, const at::Tensor& x
     a.xa_out = ptr<K>(xa_out, "xa_out");
     a.xv_out = ptr<K>(xv_out, "xv_out");
     a.work = ptr<float>(work, "work");
+    if (s.split > 1) {
+      a.terms = ptr<float>(terms, "terms");
+      a.counters = make_ptr(reinterpret_cast<unsigned*>(counters.data_ptr()), counters.numel(), "counters");
+    }
     a.s = s;
-    launch(forward_kernel<K>, int(B), cfg.threads, smem, a);
+    if (s.split == 1) {
+      launch(forward_kernel<K>, int(B), cfg.threads, smem, a);
+    } else {
+      launch_cooperative(forward_kernel<K>, int(B * s.split), cfg.threads, smem, a);
+    }
   });
   return {xa_out, xv_out, xa_iters, xv_iters};
 }
@@ -244,7 +334,8 @@ inline std::vector<at::Tensor> backward(const at::Tensor& grad_xa, const at::Ten
   const int64_t T = xa_iters.size(0), B = xa_iters.size(1), L = xa_iters.size(2), da = xa_iters.size(3);
   const int64_t dv = xv_iters.size(3), d = da + dv, Tw = w[0].size(0);
   TORCH_CHECK(Tw == 1 || Tw == T, "rja cuda: weights must hold 1 or T = ", T, " sets, got ", Tw);
-  const Dims s = dims_of(B, L, da, dv, 0, T, Tw, cfg, h_tanh, out_relu);
+  TORCH_CHECK(cfg.split >= 0, "rja cuda: split must be >= 0 (0: chosen for the device), got ", cfg.split);
+  Dims s = dims_of(B, L, da, dv, 0, T, Tw, cfg, h_tanh, out_relu);
   auto grad_xa_in = at::empty_like(grad_xa), grad_xv_in = at::empty_like(grad_xv);
   const auto f32 = grad_xa.options().dtype(at::kFloat);
   auto H = at::empty({2, T, B, L, d}, f32);
@@ -254,6 +345,17 @@ inline std::vector<at::Tensor> backward(const at::Tensor& grad_xa, const at::Ten
     auto work = at::empty({B, Work::floats(s)}, f32);
     dispatch_element(xa_iters.scalar_type(), [&](auto tag) {
       using K = decltype(tag);
+      s.split = split_for(backward_kernel<K>, B, d, s, smem, cfg, "backward");
+      at::Tensor terms, counters;  // the split's workspace
+      if (s.split > 1) {
+        terms = at::empty({B, 3, (d + s.E - 1) / s.E, L * d}, f32);
+        counters = at::zeros({B}, grad_xa.options().dtype(at::kInt));
+      }
+#ifdef RJA_EMULATE
+      for (at::Tensor* buf : {&work, &terms, &H, &gU, &gQ, &gP}) {  // reads before writes show up as NaN
+        if (buf->defined()) buf->fill_(NAN);
+      }
+#endif
       BackwardArgs<K> a;
       a.grad_xa = ptr<const K>(grad_xa, "grad_xa");
       a.grad_xv = ptr<const K>(grad_xv, "grad_xv");
@@ -267,8 +369,16 @@ inline std::vector<at::Tensor> backward(const at::Tensor& grad_xa, const at::Ten
       a.gQ = ptr<float>(gQ, "gQ");
       a.gP = ptr<float>(gP, "gP");
       a.work = ptr<float>(work, "work");
+      if (s.split > 1) {
+        a.terms = ptr<float>(terms, "terms");
+        a.counters = make_ptr(reinterpret_cast<unsigned*>(counters.data_ptr()), counters.numel(), "counters");
+      }
       a.s = s;
-      launch(backward_kernel<K>, int(B), cfg.threads, smem, a);
+      if (s.split == 1) {
+        launch(backward_kernel<K>, int(B), cfg.threads, smem, a);
+      } else {
+        launch_cooperative(backward_kernel<K>, int(B * s.split), cfg.threads, smem, a);
+      }
     });
   }
   // The weight gradients, contracted over the batch (and the iterations when Tw = 1) by one

@@ -1,10 +1,13 @@
 // The fused kernels of the paper's form, `recursive_joint_attention` (docs/SPEC.md section 1),
 // compiled by nvcc for the GPU and by the host compiler against csrc/emu/emu.h for the CPU tests.
 //
-// One thread block per batch element owns the whole sample, so all T iterations run in one launch:
-// iteration i writes its outputs to global memory (xa_iters/xv_iters[i + 1]) and the block
-// synchronises before iteration i + 1 reads them as its joint features J. Per iteration and
-// modality m (features x [L, dm], columns [off, off + dm) of J):
+// The thread blocks of a sample own it for all T iterations, which run in one launch: iteration i
+// writes its outputs to global memory (xa_iters/xv_iters[i + 1]) and the blocks synchronise before
+// iteration i + 1 reads them as its joint features J. Forward and backward give each sample S
+// blocks (Dims::split, chosen by host.h to fill the GPU; a barrier across them through a counter
+// in global memory, Group in common.cuh): they share the column tiles below, and the sums over
+// column tiles are taken in tile order from per-tile terms, so that any S gives the bits of S = 1.
+// Per iteration and modality m (features x [L, dm], columns [off, off + dm) of J):
 //   P = x^T w_j [dm, L] and Q = x w_c [L, dm]              fp32 per-sample workspace (L2-resident)
 //   for each tile of E joint features (columns of C):       J tile staged in shared memory
 //     for each tile of R rows of C:                         rows of P, columns of Q staged
@@ -188,15 +191,23 @@ RJA_DEVICE Modality<K> modality(Ptr<const K> x, int m, const Ptr<const K>* w, in
 // relu that keeps NaN, as torch.relu does.
 RJA_DEVICE float relu(float v) { return v > 0.f || v != v ? v : 0.f; }
 
-// P rows [off, off + dm) and Q columns [off, off + dm) of modality m. No barrier.
+// P rows [off + r0, off + r1) and Q columns [off + r0, off + r1) of modality m (all of them for
+// r0 = 0, r1 = dm). Each element is computed the same way whatever the range. No barrier.
 template <class K>
-RJA_DEVICE void projections(const Modality<K>& m, Ptr<float> P, Ptr<float> Q, const Dims& s) {
-  const int L = s.L, d = s.d(), dm = m.dm, off = m.off;
+RJA_DEVICE void projections(const Modality<K>& m, Ptr<float> P, Ptr<float> Q, const Dims& s, int r0, int r1) {
+  const int L = s.L, d = s.d(), dm = m.dm, off = m.off + r0;
   const Ptr<const K> x = m.x;
-  rows_times(dm, L, L, [&](int r, int lp) { return to_float(x[lp * dm + r]); }, m.wj, L,
+  rows_times(r1 - r0, L, L, [&](int r, int lp) { return to_float(x[lp * dm + r0 + r]); }, m.wj, L,
              [&](int r, int l, float v) { P[(off + r) * L + l] = v; });
-  rows_times(L, dm, dm, [&](int l, int r) { return to_float(x[l * dm + r]); }, m.wc, dm,
+  rows_times(L, r1 - r0, dm, [&](int l, int r) { return to_float(x[l * dm + r]); }, m.wc + r0, dm,
              [&](int l, int c, float v) { Q[l * d + off + c] = v; });
+}
+
+// The rows of P (columns of Q) of modality m that block g of its sample computes: its share of d.
+RJA_DEVICE int clamp_to(int v, int n) { return v < 0 ? 0 : v > n ? n : v; }
+template <class K>
+RJA_DEVICE void group_projections(const Modality<K>& m, Ptr<float> P, Ptr<float> Q, const Dims& s, const Group& g) {
+  projections(m, P, Q, s, clamp_to(g.first(s.d()) - m.off, m.dm), clamp_to(g.last(s.d()) - m.off, m.dm));
 }
 
 // Stages the J tile [col0, col0 + cols).
@@ -294,10 +305,12 @@ RJA_DEVICE void attention_tile(const Modality<K>& m, Ptr<const float> P, Ptr<con
 }
 
 // U[:, off : off + dm] += H w_h[col0 : col0 + cols, :] of modality m for the H tile (t.H16 on the
-// tensor-core path, else t.G), complete before the call. On the tensor-core path in chunks of E
-// columns of w_h, staged in 16 bits, with barriers inside; no barrier on the CUDA-core path.
+// tensor-core path, else t.G), complete before the call; = instead of += without accumulate. On the
+// tensor-core path in chunks of E columns of w_h, staged in 16 bits, with barriers inside; no
+// barrier on the CUDA-core path.
 template <class K>
-RJA_DEVICE void add_update(const Modality<K>& m, const Tiles<K>& t, const Dims& s, Ptr<float> U, int col0, int cols) {
+RJA_DEVICE void add_update(const Modality<K>& m, const Tiles<K>& t, const Dims& s, Ptr<float> U, int col0, int cols,
+                           bool accumulate) {
   const int L = s.L, E = s.E, d = s.d(), dm = m.dm, off = m.off;
   const Ptr<const K> wh = slice(m.wh, std::int64_t(col0) * dm, std::int64_t(cols) * dm, "w_h[tile]");
   if constexpr (tensor_cores<K>()) {
@@ -314,25 +327,35 @@ RJA_DEVICE void add_update(const Modality<K>& m, const Tiles<K>& t, const Dims& 
         __syncthreads();
         RJA_BLOCK_LOOP(i, L * n) {
           const int l = i / n, c = i % n;
-          U[l * d + off + c0 + c] += t.S[l * t.ldS + c];
+          float& u = U[l * d + off + c0 + c];
+          u = accumulate ? u + t.S[l * t.ldS + c] : t.S[l * t.ldS + c];
         }
       }
       return;
     }
   }
   rows_times(L, dm, cols, [&](int l, int e) { return t.G[l * E + e]; }, wh, dm,
-             [&](int l, int c, float v) { U[l * d + off + c] += v; });
+             [&](int l, int c, float v) {
+               float& u = U[l * d + off + c];
+               u = accumulate ? u + v : v;
+             });
 }
 
-// U [L, d] of one iteration (columns [off, off + dm) are modality m's), from P and Q. Barriers
-// inside; ends with one, so U is complete.
+// U [L, d] of one iteration (columns [off, off + dm) are modality m's), from P and Q, a sum over
+// the column tiles. Alone (g.parts == 1) the block sums them into U; in a group of S blocks block
+// g.part takes tiles g.part, g.part + S, ... and writes tile j's term into U[j] (U is then
+// [tiles, L, d]), for a sum in tile order once all are written (reduced_update): the very
+// additions, in the same order, as the lone block's. Barriers inside; alone, ends with one, so U
+// is complete.
 template <class K>
 RJA_DEVICE void update_pass(const Modality<K>* mods, const Joint<K>& J, Ptr<const float> P, Ptr<const float> Q,
-                            Ptr<float> U, const Tiles<K>& t, const Dims& s) {
-  const int L = s.L, d = s.d(), E = s.E;
-  RJA_BLOCK_LOOP(i, L * d) U[i] = 0.f;
-  for (int col0 = 0; col0 < d; col0 += E) {
-    const int cols = tile_size(d, col0, E);
+                            Ptr<float> U, const Tiles<K>& t, const Dims& s, const Group& g) {
+  const int L = s.L, d = s.d(), E = s.E, tiles = (d + E - 1) / E;
+  const bool alone = g.parts == 1;
+  if (alone) RJA_BLOCK_LOOP(i, L * d) U[i] = 0.f;
+  for (int tile = g.part; tile < tiles; tile += g.parts) {
+    const int col0 = tile * E, cols = tile_size(d, col0, E);
+    const Ptr<float> out = alone ? U : slice(U, std::int64_t(tile) * L * d, std::int64_t(L) * d, "U[tile]");
     __syncthreads();  // P, Q and U are complete; the previous tile's readers of J are done
     stage_joint(J, t, s, col0, cols);
     for (int mi = 0; mi < 2; ++mi) {
@@ -351,7 +374,7 @@ RJA_DEVICE void update_pass(const Modality<K>* mods, const Joint<K>& J, Ptr<cons
         }
       }
       __syncthreads();
-      add_update(m, t, s, U, col0, cols);
+      add_update(m, t, s, out, col0, cols, alone);
       __syncthreads();  // H's readers are done before the next G tile
     }
   }
@@ -364,20 +387,46 @@ struct ForwardArgs {
   Ptr<K> xa_iters, xv_iters;  // [T, B, L, da|dv]: the input features of every iteration
   Ptr<K> xa_out, xv_out;      // [B, L, da|dv]
   Ptr<float> work;            // [B, Work::floats]
+  Ptr<float> terms;           // split > 1: [B, tiles, L, d], each column tile's term of U
+  Ptr<unsigned> counters;     // split > 1: [B], zero: the samples' barrier counters (Group)
   Dims s;
 };
 
+// Element `at` of a sum over the column tiles of terms [tiles, L * d], in tile order, from 0: the
+// additions of a lone block that accumulates the terms tile by tile into a zeroed buffer.
+RJA_DEVICE float sum_of_terms(Ptr<const float> terms, std::int64_t at, const Dims& s) {
+  const int tiles = (s.d() + s.E - 1) / s.E;
+  const std::int64_t ld = std::int64_t(s.L) * s.d();
+  float sum = 0.f;
+  for (int tile = 0; tile < tiles; ++tile) sum += terms[tile * ld + at];
+  return sum;
+}
+
+// Element i of U[:, off : off + dm] (alone: U itself, [L, d]; else the terms [tiles, L, d]).
+RJA_DEVICE float reduced_update(Ptr<const float> U, int i, int dm, int off, const Dims& s, bool alone) {
+  const int at = i / dm * s.d() + off + i % dm;
+  return alone ? U[at] : sum_of_terms(U, at, s);
+}
+
+// With s.split = S > 1 the S blocks b*S .. b*S + S - 1 share sample b (host.h launches them
+// cooperatively, all resident): each computes a share of P and Q, the column tiles g.part,
+// g.part + S, ... of U and a share of the outputs, with barriers across the S blocks (Group)
+// between these phases; the result is the lone block's, bit for bit.
 template <class K>
 __global__ void forward_kernel(ForwardArgs<K> a) {
   RJA_DYNAMIC_SHARED(float, smem);
   const Dims s = a.s;
   const Tiles<K> t(smem, s, false);
-  const int L = s.L, d = s.d();
-  const std::int64_t b = blockIdx.x, B = s.B, na = std::int64_t(L) * s.da, nv = std::int64_t(L) * s.dv;
+  const int L = s.L, d = s.d(), S = s.split;
+  const std::int64_t b = blockIdx.x / S, B = s.B, na = std::int64_t(L) * s.da, nv = std::int64_t(L) * s.dv;
+  const bool alone = S == 1;
+  Group g{int(blockIdx.x % S), S, alone ? Ptr<unsigned>() : slice(a.counters, b, 1, "counters[b]")};
   const Work work(a.work, b, s);
-  RJA_BLOCK_LOOP(i, int(na)) a.xa_iters[b * na + i] = a.xa[b * na + i];
-  RJA_BLOCK_LOOP(i, int(nv)) a.xv_iters[b * nv + i] = a.xv[b * nv + i];
-  __syncthreads();
+  const std::int64_t nterms = std::int64_t((d + s.E - 1) / s.E) * L * d;
+  const Ptr<float> U = alone ? work.third : slice(a.terms, b * nterms, nterms, "terms[b]");
+  RJA_RANGE_LOOP(i, g.first(int(na)), g.last(int(na))) a.xa_iters[b * na + i] = a.xa[b * na + i];
+  RJA_RANGE_LOOP(i, g.first(int(nv)), g.last(int(nv))) a.xv_iters[b * nv + i] = a.xv[b * nv + i];
+  g.barrier();
   for (int it = 0; it < s.T; ++it) {
     const int set = s.weight_set(it);
     const Ptr<const K> xa = slice(a.xa_iters, (it * B + b) * na, na, "xa_iters[i][b]");
@@ -388,17 +437,18 @@ __global__ void forward_kernel(ForwardArgs<K> a) {
         last ? slice(a.xv_out, b * nv, nv, "xv_out[b]") : slice(a.xv_iters, ((it + 1) * B + b) * nv, nv, "xv_iters[i+1][b]")};
     const Joint<K> J{xa, xv, s.da, s.dv};
     const Modality<K> mods[2] = {modality(xa, 0, a.w, set, s), modality(xv, 1, a.w, set, s)};
-    for (int mi = 0; mi < 2; ++mi) projections(mods[mi], work.P, work.Q, s);
-    update_pass(mods, J, work.P, work.Q, work.third, t, s);
+    for (int mi = 0; mi < 2; ++mi) group_projections(mods[mi], work.P, work.Q, s, g);
+    g.barrier();  // P and Q are complete
+    update_pass(mods, J, work.P, work.Q, U, t, s, g);
+    g.barrier();  // every tile's term of U is written
     for (int mi = 0; mi < 2; ++mi) {  // out = x + U (x + relu(U)), coalesced along the features
       const Modality<K>& m = mods[mi];
-      RJA_BLOCK_LOOP(i, L * m.dm) {
-        const int l = i / m.dm, c = i % m.dm;
-        const float u = work.third[l * d + m.off + c];
+      RJA_RANGE_LOOP(i, g.first(L * m.dm), g.last(L * m.dm)) {
+        const float u = reduced_update(U, i, m.dm, m.off, s, alone);
         outs[mi][i] = from_float<K>(to_float(m.x[i]) + (s.out_relu ? relu(u) : u));
       }
     }
-    __syncthreads();  // iteration it + 1 reads what this one wrote
+    g.barrier();  // iteration it + 1 reads what this one wrote; P, Q and U are free again
   }
 }
 
@@ -414,15 +464,18 @@ struct BackwardArgs {
   Ptr<float> gQ;  // [T, B, L, d]     gradient of Q
   Ptr<float> gP;  // [T, B, d, L]     gradient of P (rows [off, off + dm))
   Ptr<float> work;  // [B, Work::floats]: P, Q and the running gradient g
+  Ptr<float> terms;        // split > 1: [B, 3, tiles, L * d], the column tiles' terms of U, gQ and gP
+  Ptr<unsigned> counters;  // split > 1: [B], zero: the samples' barrier counters (Group)
   Dims s;
 };
 
-// One column tile [col0, col0 + cols) of modality m: the H tile and every gradient it feeds.
-// Barriers inside; ends with one.
+// One column tile [col0, col0 + cols) of modality m: the H tile and every gradient it feeds; the
+// tile's terms of gQ and gP are added to them (accumulate) or stored in their place. Barriers
+// inside; ends with one.
 template <class K>
 RJA_DEVICE void backward_column_tile(const Modality<K>& m, Ptr<const float> P, Ptr<const float> Q, Ptr<float> H,
                                      Ptr<const float> gU, Ptr<float> gQ, Ptr<float> gP, const Tiles<K>& t,
-                                     const Dims& s, int col0, int cols) {
+                                     const Dims& s, int col0, int cols, bool accumulate) {
   const int L = s.L, R = s.R, E = s.E, d = s.d(), dm = m.dm, off = m.off;
   attention_tile<K, true>(m, P, Q, t, s, cols);
   RJA_BLOCK_LOOP(i, L * cols) {  // H, and dH/dG in place of G (same (l, e) ownership)
@@ -461,14 +514,16 @@ RJA_DEVICE void backward_column_tile(const Modality<K>& m, Ptr<const float> P, P
       const int l = i / rows, r = i % rows;
       float acc = 0.f;
       for (int e = 0; e < cols; ++e) acc += t.gG[l * E + e] * t.C[r * (E + 1) + e];
-      gQ[l * d + base + r] += acc;
+      float& q = gQ[l * d + base + r];
+      q = accumulate ? q + acc : acc;
     }
     __syncthreads();
     RJA_BLOCK_LOOP(i, rows * L) {  // gP += gS J^T
       const int r = i / L, l = i % L;
       float acc = 0.f;
       for (int e = 0; e < cols; ++e) acc += t.gS[r * (E + 1) + e] * t.Jt[l * (E + 1) + e];
-      gP[(base + r) * L + l] += acc;
+      float& p = gP[(base + r) * L + l];
+      p = accumulate ? p + acc : acc;
     }
     RJA_BLOCK_LOOP(i, L * cols) {  // gJ += P^T gS
       const int l = i / cols, e = i % cols;
@@ -480,17 +535,29 @@ RJA_DEVICE void backward_column_tile(const Modality<K>& m, Ptr<const float> P, P
   __syncthreads();
 }
 
+// With s.split = S > 1 the S blocks b*S .. b*S + S - 1 share sample b as in the forward: shares
+// of P, Q and of the element-wise passes, the column tiles g.part, g.part + S, ... (their terms of
+// U, gQ and gP in per-tile slices, summed in tile order after a barrier: the lone block's sums),
+// and shares of the columns of dx += dQ w_c^T + w_j dP^T. The result is the lone block's, bit for
+// bit.
 template <class K>
 __global__ void backward_kernel(BackwardArgs<K> a) {
   RJA_DYNAMIC_SHARED(float, smem);
   const Dims s = a.s;
   const Tiles<K> t(smem, s, true);
-  const int L = s.L, d = s.d(), E = s.E;
-  const std::int64_t b = blockIdx.x, B = s.B, na = std::int64_t(L) * s.da, nv = std::int64_t(L) * s.dv;
-  const std::int64_t ld = std::int64_t(L) * d;
+  const int L = s.L, d = s.d(), E = s.E, S = s.split, tiles = (d + E - 1) / E;
+  const std::int64_t b = blockIdx.x / S, B = s.B, na = std::int64_t(L) * s.da, nv = std::int64_t(L) * s.dv;
+  const std::int64_t ld = std::int64_t(L) * d, nterms = tiles * ld;
+  const bool alone = S == 1;
+  Group group{int(blockIdx.x % S), S, alone ? Ptr<unsigned>() : slice(a.counters, b, 1, "counters[b]")};
+  const int first = group.first(int(ld)), last = group.last(int(ld));  // this block's share of [L, d]
+  const Ptr<float> terms = alone ? Ptr<float>() : slice(a.terms, b * 3 * nterms, 3 * nterms, "terms[b]");
+  const Ptr<float> U_terms = alone ? terms : slice(terms, 0, nterms, "terms[b].U");
+  const Ptr<float> gQ_terms = alone ? terms : slice(terms, nterms, nterms, "terms[b].gQ");
+  const Ptr<float> gP_terms = alone ? terms : slice(terms, 2 * nterms, nterms, "terms[b].gP");
   const Work work(a.work, b, s);
   const Ptr<float> g = work.third;  // gradient w.r.t. the current iteration's output, then input
-  RJA_BLOCK_LOOP(i, int(ld)) {
+  RJA_RANGE_LOOP(i, first, last) {
     const int l = i / d, c = i % d;
     g[i] = c < s.da ? to_float(a.grad_xa[b * na + l * s.da + c]) : to_float(a.grad_xv[b * nv + l * s.dv + c - s.da]);
   }
@@ -505,43 +572,62 @@ __global__ void backward_kernel(BackwardArgs<K> a) {
     const Ptr<float> gU = slice(a.gU, slot * ld, ld, "gU[i][b]");
     const Ptr<float> gQ = slice(a.gQ, slot * ld, ld, "gQ[i][b]");
     const Ptr<float> gP = slice(a.gP, slot * ld, ld, "gP[i][b]");
-    __syncthreads();  // g is complete; the previous iteration's readers of P and Q are done
-    for (int mi = 0; mi < 2; ++mi) projections(mods[mi], work.P, work.Q, s);
-    RJA_BLOCK_LOOP(i, int(ld)) {
-      gQ[i] = 0.f;
-      gP[i] = 0.f;
+    group.barrier();  // g is complete; the previous iteration's readers of P and Q are done
+    for (int mi = 0; mi < 2; ++mi) group_projections(mods[mi], work.P, work.Q, s, group);
+    if (alone) {
+      RJA_BLOCK_LOOP(i, int(ld)) {
+        gQ[i] = 0.f;
+        gP[i] = 0.f;
+      }
     }
     if (s.out_relu) {  // gU = g relu'(U): recompute this iteration's U first
-      update_pass(mods, J, work.P, work.Q, gU, t, s);
-      RJA_BLOCK_LOOP(i, int(ld)) gU[i] = g[i] * (gU[i] > 0.f ? 1.f : 0.f);
+      group.barrier();  // P and Q are complete
+      update_pass(mods, J, work.P, work.Q, alone ? gU : U_terms, t, s, group);
+      group.barrier();  // every tile's term of U is written
+      RJA_RANGE_LOOP(i, first, last) {
+        const float u = alone ? gU[i] : sum_of_terms(U_terms, i, s);
+        gU[i] = g[i] * (u > 0.f ? 1.f : 0.f);
+      }
     } else {
-      RJA_BLOCK_LOOP(i, int(ld)) gU[i] = g[i];
+      RJA_RANGE_LOOP(i, first, last) gU[i] = g[i];
     }
-    for (int col0 = 0; col0 < d; col0 += E) {
-      const int cols = tile_size(d, col0, E);
+    group.barrier();  // P, Q and gU are complete
+    for (int tile = group.part; tile < tiles; tile += S) {
+      const int col0 = tile * E, cols = tile_size(d, col0, E);
+      const Ptr<float> gQ_out = alone ? gQ : slice(gQ_terms, tile * ld, ld, "gQ_terms[tile]");
+      const Ptr<float> gP_out = alone ? gP : slice(gP_terms, tile * ld, ld, "gP_terms[tile]");
       __syncthreads();  // P, Q, gU, gQ, gP are complete; the previous tile's readers of J are done
       stage_joint(J, t, s, col0, cols);
       RJA_BLOCK_LOOP(i, L * cols) t.gJ[(i / cols) * E + i % cols] = 0.f;
       for (int mi = 0; mi < 2; ++mi) {
-        backward_column_tile(mods[mi], work.P, work.Q, H[mi], gU, gQ, gP, t, s, col0, cols);
+        backward_column_tile(mods[mi], work.P, work.Q, H[mi], gU, gQ_out, gP_out, t, s, col0, cols, alone);
       }
       RJA_BLOCK_LOOP(i, L * cols) {  // dx += dJ (same (l, e) ownership as the zeroing above)
         const int l = i / cols, e = i % cols;
         g[l * d + col0 + e] += t.gJ[l * E + e];
       }
     }
-    for (int mi = 0; mi < 2; ++mi) {  // dx += dQ w_c^T + w_j dP^T
+    if (!alone) {
+      group.barrier();  // every tile's terms of gQ and gP are written
+      RJA_RANGE_LOOP(i, first, last) {
+        gQ[i] = sum_of_terms(gQ_terms, i, s);
+        gP[i] = sum_of_terms(gP_terms, i, s);
+      }
+    }
+    group.barrier();  // gQ and gP are complete
+    for (int mi = 0; mi < 2; ++mi) {  // dx += dQ w_c^T + w_j dP^T, on this block's share of the columns
       const Modality<K>& m = mods[mi];
-      const int dm = m.dm, off = m.off;
-      const auto add_to_g = [&](int l, int c, float v) { g[l * d + off + c] += v; };
-      rows_times_transposed(L, dm, dm, [&](int l, int r) { return gQ[l * d + off + r]; }, m.wc, dm, t.W, s.R, E,
-                            add_to_g);
+      const int dm = m.dm, off = m.off, c0 = group.first(dm), n = group.last(dm) - c0;
+      const auto add_to_g = [&](int l, int c, float v) { g[l * d + off + c0 + c] += v; };
+      rows_times_transposed(L, n, dm, [&](int l, int r) { return gQ[l * d + off + r]; },
+                            m.wc + std::int64_t(c0) * dm, dm, t.W, s.R, E, add_to_g);
       const Ptr<const float> gP_m = slice(gP, std::int64_t(off) * L, std::int64_t(dm) * L, "gP[m]");
-      rows_times_transposed(L, dm, L, [&](int l, int lp) { return to_float(m.wj[l * L + lp]); }, gP_m, L, t.W, s.R,
-                            E, add_to_g);
+      rows_times_transposed(L, n, L, [&](int l, int lp) { return to_float(m.wj[l * L + lp]); },
+                            gP_m + std::int64_t(c0) * L, L, t.W, s.R, E, add_to_g);
     }
   }
-  RJA_BLOCK_LOOP(i, int(ld)) {
+  group.barrier();  // g is complete
+  RJA_RANGE_LOOP(i, first, last) {
     const int l = i / d, c = i % d;
     if (c < s.da) {
       a.grad_xa_in[b * na + l * s.da + c] = from_float<K>(g[i]);

@@ -1,7 +1,15 @@
 // Host emulation of the CUDA execution model, so the CUDA kernels of csrc/cuda run (and are
 // checked) on a CPU. Header-only; included instead of the CUDA headers when RJA_EMULATE is set.
 //
-// - Blocks of a grid run one after the other on the calling OS thread.
+// - Blocks of a grid run one after the other on the calling OS thread. A cooperative launch
+//   (launch_cooperative) instead keeps every block of the grid alive at once and interleaves them:
+//   a block runs until it waits for another (a thread spins on volatile_load()), then the next
+//   block runs, so a barrier across blocks (atomicAdd on a counter, spin until it is reached)
+//   works. No thread of any block able to progress fails with emu::Error naming the stalled
+//   blocks, and a grid larger than the emulated device's resident capacity (Device: a notional
+//   SM count and per-SM limits, queried by the host as a GPU's occupancy) is refused. Running one
+//   block as far as it goes before the next starts is the most skewed schedule there is: a read of
+//   another block's data that a barrier does not order sees it unwritten.
 // - Every thread of a block is a fiber (ucontext) with its own stack. A fiber runs until it
 //   reaches __syncthreads() or a warp collective (a shuffle, a WMMA operation: wmma.h) and then
 //   yields to the block's scheduler, so barriers and warp collectives have GPU semantics (all
@@ -12,6 +20,8 @@
 // - Shared memory (dynamic and RJA_STATIC_SHARED) is a per-block arena; kernels access shared and
 //   global memory through emu::Ptr, which checks every index against the buffer it names.
 // - Errors raised inside a fiber are caught on its stack and rethrown by emu::launch.
+// - A plain `__shared__` variable is one per OS thread, not per block: cooperative kernels, whose
+//   blocks interleave, must use RJA_STATIC_SHARED or the dynamic shared memory.
 #pragma once
 
 #include <ucontext.h>
@@ -65,6 +75,31 @@ inline thread_local dim3 tl_grid_dim;
 // The opt-in dynamic shared memory limit of an H100 (sm_90), per block.
 constexpr std::size_t kMaxSharedBytes = 227 * 1024;
 constexpr std::size_t kFiberStackBytes = 256 * 1024;
+
+// The emulated device, for occupancy: an H100's per-SM limits, but few SMs and few blocks per SM
+// by default, so that the grids of cooperative launches (all blocks alive, each thread a fiber)
+// stay small. Tests change it with set_device().
+struct Device {
+  int sm_count = 4;
+  int max_blocks_per_sm = 2;
+  int max_threads_per_sm = 2048;
+  std::size_t shared_bytes_per_sm = 228 * 1024;
+};
+
+inline Device& device() {
+  static Device d;
+  return d;
+}
+
+// Blocks of `threads` threads and `shared_bytes` of dynamic shared memory one SM holds at once
+// (cudaOccupancyMaxActiveBlocksPerMultiprocessor).
+inline int max_active_blocks_per_sm(int threads, std::size_t shared_bytes) {
+  const Device& dev = device();
+  int n = dev.max_blocks_per_sm;
+  if (threads > 0) n = std::min(n, dev.max_threads_per_sm / threads);
+  if (shared_bytes > 0) n = std::min<std::size_t>(n, dev.shared_bytes_per_sm / shared_bytes);
+  return std::max(n, 0);
+}
 
 class Error : public std::runtime_error {
  public:
@@ -126,7 +161,7 @@ Ptr<T> slice(const Ptr<T>& p, std::int64_t off, std::int64_t n, const char* name
 }
 
 struct Fiber {
-  enum class State { Running, AtBarrier, AtWarp, Done };
+  enum class State { Running, AtBarrier, AtWarp, Spinning, Done };  // Spinning: yielded at volatile_load()
   ucontext_t context;  // must not move after getcontext: glibc points into it
   std::unique_ptr<char[]> stack;
   uint3 idx;
@@ -166,13 +201,15 @@ inline std::unique_ptr<SharedChunk[]> garbage_filled(std::size_t bytes) {
 }
 
 struct Block {
-  Block(const dim3& block, std::size_t shared_bytes, const std::function<void()>& body_)
-      : body(body_), fibers(std::size_t(block.x) * block.y * block.z),
+  Block(const uint3& idx_, const dim3& block, std::size_t shared_bytes, const std::function<void()>& body_)
+      : idx(idx_), body(body_), fibers(std::size_t(block.x) * block.y * block.z),
         warps((fibers.size() + 31) / 32) {
     dynamic_shared.storage = garbage_filled(shared_bytes);
     dynamic_shared.bytes = shared_bytes;
   }
 
+  uint3 idx;
+  bool finished = false;
   const std::function<void()>& body;
   std::vector<Fiber> fibers;  // sized once: contexts must not move
   std::vector<Warp> warps;
@@ -186,6 +223,10 @@ struct Block {
 };
 
 inline thread_local Block* tl_block = nullptr;
+// Whether the running grid was launched cooperatively, and a count of the atomic writes so far: a
+// thread spinning on memory can progress only once someone writes it.
+inline thread_local bool tl_cooperative = false;
+inline thread_local std::uint64_t tl_atomic_writes = 0;
 
 inline Fiber& current_fiber() { return tl_block->fibers[tl_block->current]; }
 
@@ -291,28 +332,42 @@ inline bool can_resume(const Block& blk, const Fiber& f) {
     case Fiber::State::Running: return true;
     case Fiber::State::AtBarrier: return blk.barrier_gen != f.wait_gen;
     case Fiber::State::AtWarp: return blk.warps[std::size_t(f.warp)].gen != f.wait_gen;
+    case Fiber::State::Spinning: return true;
     case Fiber::State::Done: return false;
   }
   return false;
 }
 
-inline std::string describe_stall(const Block& blk) {
-  int exited = 0, at_warp = 0;
+// Where the threads of a stalled block are.
+inline std::string describe_threads(const Block& blk) {
+  int exited = 0, at_warp = 0, spinning = 0;
   std::unordered_map<std::string, int> at_barrier;
   for (const Fiber& f : blk.fibers) {
     if (f.state == Fiber::State::Done) ++exited;
     if (f.state == Fiber::State::AtWarp) ++at_warp;
+    if (f.state == Fiber::State::Spinning) ++spinning;
     if (f.state == Fiber::State::AtBarrier) ++at_barrier[site(f)];
   }
   std::ostringstream s;
-  s << "barrier not reached by every thread of the block (" << blk.fibers.size() << " threads):";
   for (const auto& [where, n] : at_barrier) s << " " << n << " wait at __syncthreads() " << where << ";";
   if (at_warp) s << " " << at_warp << " wait at a warp collective (shuffle or WMMA);";
+  if (spinning) s << " " << spinning << " spin on a volatile load (a barrier across blocks);";
   s << " " << exited << " have exited";
   return s.str();
 }
 
-inline void run_block(Block& blk, const dim3& block_dim) {
+inline std::string describe_stall(const Block& blk) {
+  return "barrier not reached by every thread of the block (" + std::to_string(blk.fibers.size()) +
+         " threads):" + describe_threads(blk);
+}
+
+inline std::string block_name(const Block& blk) {
+  std::ostringstream s;
+  s << "(" << blk.idx.x << "," << blk.idx.y << "," << blk.idx.z << ")";
+  return s.str();
+}
+
+inline void init_fibers(Block& blk, const dim3& block_dim) {
   for (std::size_t t = 0; t < blk.fibers.size(); ++t) {
     Fiber& f = blk.fibers[t];
     f.idx.x = unsigned(t % block_dim.x);
@@ -326,29 +381,50 @@ inline void run_block(Block& blk, const dim3& block_dim) {
     f.context.uc_link = &blk.scheduler;
     makecontext(&f.context, fiber_entry, 0);
   }
+}
+
+// Runs the threads of blk until all have exited or the block waits for memory that only other
+// blocks can change: its only runnable threads spin, and a round of them saw no atomic write.
+// Returns whether it progressed. A barrier that the block's own threads can never pass fails.
+inline bool advance_block(Block& blk) {
+  tl_block = &blk;
+  tl_block_idx = blk.idx;
+  bool progressed = false;
   for (;;) {
-    bool resumed = false, all_done = true;
+    bool resumed = false, moved = false;
+    const std::uint64_t writes = tl_atomic_writes;
     for (std::size_t t = 0; t < blk.fibers.size(); ++t) {
       Fiber& f = blk.fibers[t];
-      all_done = all_done && f.state == Fiber::State::Done;
       if (!can_resume(blk, f)) continue;
+      const bool was_spinning = f.state == Fiber::State::Spinning;
       blk.current = t;
       tl_thread_idx = f.idx;
       swapcontext(&blk.scheduler, &f.context);
       resumed = true;
+      moved = moved || !was_spinning || f.state != Fiber::State::Spinning;
       if (blk.error) std::rethrow_exception(blk.error);
     }
-    if (all_done) return;
-    if (!resumed) {
-      std::ostringstream s;
-      s << "CUDA emulator: block (" << tl_block_idx.x << "," << tl_block_idx.y << "," << tl_block_idx.z
-        << "): " << describe_stall(blk);
-      throw Error(s.str());
-    }
+    moved = moved || writes != tl_atomic_writes;
+    blk.finished = std::all_of(blk.fibers.begin(), blk.fibers.end(),
+                               [](const Fiber& f) { return f.state == Fiber::State::Done; });
+    if (blk.finished) return true;
+    if (!resumed) throw Error("CUDA emulator: block " + block_name(blk) + ": " + describe_stall(blk));
+    if (!moved) return progressed;
+    progressed = true;
   }
 }
 
-inline void run_grid(const dim3& grid, const dim3& block, std::size_t shared_bytes, const std::function<void()>& body) {
+inline std::string describe_deadlock(const std::vector<std::unique_ptr<Block>>& blocks, const char* what) {
+  std::ostringstream s;
+  s << "CUDA emulator: deadlock" << what << ": no thread of any block can progress; stalled blocks:";
+  for (const auto& blk : blocks) {
+    if (!blk->finished) s << " block " << block_name(*blk) << ":" << describe_threads(*blk) << ".";
+  }
+  return s.str();
+}
+
+inline void run_grid(const dim3& grid, const dim3& block, std::size_t shared_bytes, const std::function<void()>& body,
+                     bool cooperative = false) {
   const std::size_t threads = std::size_t(block.x) * block.y * block.z;
   if (threads == 0 || threads > 1024 || std::size_t(grid.x) * grid.y * grid.z == 0) {
     std::ostringstream s;
@@ -360,20 +436,52 @@ inline void run_grid(const dim3& grid, const dim3& block, std::size_t shared_byt
     throw Error("CUDA emulator: launch asks for " + std::to_string(shared_bytes) +
                 " bytes of dynamic shared memory per block; the limit is " + std::to_string(kMaxSharedBytes));
   }
+  const std::size_t blocks = std::size_t(grid.x) * grid.y * grid.z;
+  if (cooperative) {
+    const int per_sm = max_active_blocks_per_sm(int(threads), shared_bytes);
+    const std::size_t resident = std::size_t(per_sm) * std::size_t(device().sm_count);
+    if (blocks > resident) {
+      throw Error("CUDA emulator: cooperative launch of " + std::to_string(blocks) +
+                  " blocks exceeds the resident capacity of the emulated device: " +
+                  std::to_string(device().sm_count) + " SMs x " + std::to_string(per_sm) + " blocks of " +
+                  std::to_string(threads) + " threads and " + std::to_string(shared_bytes) +
+                  " bytes of shared memory = " + std::to_string(resident));
+    }
+  }
   struct Reset {
-    ~Reset() { tl_block = nullptr; }
+    ~Reset() {
+      tl_block = nullptr;
+      tl_cooperative = false;
+    }
   } reset;
   tl_grid_dim = grid;
   tl_block_dim = block;
+  tl_cooperative = cooperative;
+  std::vector<std::unique_ptr<Block>> alive;  // the whole grid when cooperative, else one block
   for (unsigned z = 0; z < grid.z; ++z) {
     for (unsigned y = 0; y < grid.y; ++y) {
       for (unsigned x = 0; x < grid.x; ++x) {
-        tl_block_idx = {x, y, z};
-        Block blk(block, shared_bytes, body);
-        tl_block = &blk;
-        run_block(blk, block);
+        alive.push_back(std::make_unique<Block>(uint3{x, y, z}, block, shared_bytes, body));
+        init_fibers(*alive.back(), block);
+        if (cooperative) continue;
+        while (!alive.back()->finished) {  // alone, a block that waits for another waits forever
+          if (!advance_block(*alive.back())) {
+            throw Error(describe_deadlock(alive, " (a wait for another block needs a cooperative launch)"));
+          }
+        }
+        alive.clear();
       }
     }
+  }
+  while (cooperative) {
+    bool progressed = false, finished = true;
+    for (const auto& blk : alive) {
+      if (blk->finished) continue;
+      progressed = advance_block(*blk) || progressed;
+      finished = finished && blk->finished;
+    }
+    if (finished) return;
+    if (!progressed) throw Error(describe_deadlock(alive, " in a cooperative grid"));
   }
 }
 
@@ -384,6 +492,25 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, std::size_t shared_
   const std::tuple<std::decay_t<KArgs>...> params(std::forward<Args>(args)...);
   const std::function<void()> body = [&] { std::apply(kernel, params); };
   run_grid(grid, block, shared_bytes, body);
+}
+
+// cudaLaunchCooperativeKernel: every block of the grid resident at once (see the top).
+template <class... KArgs, class... Args>
+void launch_cooperative(void (*kernel)(KArgs...), dim3 grid, dim3 block, std::size_t shared_bytes, Args&&... args) {
+  const std::tuple<std::decay_t<KArgs>...> params(std::forward<Args>(args)...);
+  const std::function<void()> body = [&] { std::apply(kernel, params); };
+  run_grid(grid, block, shared_bytes, body, true);
+}
+
+// A load that another block may change while this thread waits for it: the thread yields first,
+// so the blocks of a cooperative grid progress while one spins.
+template <class T>
+T volatile_load(const T* address) {
+  Fiber& self = current_fiber();
+  self.state = Fiber::State::Spinning;
+  yield_to_scheduler();
+  self.state = Fiber::State::Running;
+  return *address;
 }
 
 template <class T>
@@ -436,14 +563,18 @@ T __shfl_down_sync(unsigned mask, T var, unsigned delta, int width = 32) {
       "__shfl_down_sync");
 }
 
-// Fibers switch only at barriers and shuffles and blocks run one at a time, so a plain
-// read-modify-write is atomic here.
+// Fibers switch only at barriers, shuffles and volatile loads, and blocks only when one waits, so
+// a plain read-modify-write is atomic here. Memory is sequentially consistent: a fence has nothing
+// to order.
 template <class T>
 T atomicAdd(T* address, T val) {
   const T old = *address;
   *address = old + val;
+  ++emu::tl_atomic_writes;
   return old;
 }
+
+inline void __threadfence() {}
 
 inline float __expf(float x) { return std::exp(x); }
 

@@ -11,19 +11,21 @@ namespace {
 
 using rja::Ptr;
 
-rja::Config config(int64_t threads, int64_t rows, int64_t cols) { return {int(threads), int(rows), int(cols)}; }
+rja::Config config(int64_t threads, int64_t rows, int64_t cols, int64_t split = 0) {
+  return {int(threads), int(rows), int(cols), int(split)};
+}
 
 std::vector<at::Tensor> paper_forward(const at::Tensor& xa, const at::Tensor& xv, const std::vector<at::Tensor>& weights,
                                       int64_t iterations, bool h_tanh, bool out_relu, int64_t threads, int64_t rows,
-                                      int64_t cols) {
-  return rja::paper::forward(xa, xv, weights, iterations, h_tanh, out_relu, config(threads, rows, cols));
+                                      int64_t cols, int64_t split) {
+  return rja::paper::forward(xa, xv, weights, iterations, h_tanh, out_relu, config(threads, rows, cols, split));
 }
 
 std::vector<at::Tensor> paper_backward(const at::Tensor& grad_xa, const at::Tensor& grad_xv, const at::Tensor& xa_iters,
                                        const at::Tensor& xv_iters, const std::vector<at::Tensor>& weights, bool h_tanh,
-                                       bool out_relu, int64_t threads, int64_t rows, int64_t cols) {
+                                       bool out_relu, int64_t threads, int64_t rows, int64_t cols, int64_t split) {
   return rja::paper::backward(grad_xa, grad_xv, xa_iters, xv_iters, weights, h_tanh, out_relu,
-                              config(threads, rows, cols));
+                              config(threads, rows, cols, split));
 }
 
 std::vector<at::Tensor> jca_forward(const at::Tensor& xa, const at::Tensor& xv, const std::vector<at::Tensor>& weights,
@@ -72,6 +74,22 @@ __global__ void block_sum_kernel(Ptr<const float> in, int n, Ptr<float> per_bloc
       per_block[blockIdx.x] = s;
       atomicAdd(&total[0], s);
     }
+  }
+}
+
+// Blocks of a cooperative grid pass values around a ring through global memory, `rounds` times,
+// with rja::Group's barrier across the whole grid: in round r block j writes slots[j] = 100 j + r,
+// then reads its neighbour's into out[r, j]. mode 1: the last block never arrives (it exits);
+// mode 2: no barrier at all (a race, which the emulator's schedule exposes).
+__global__ void ring_exchange_kernel(Ptr<float> slots, Ptr<float> out, Ptr<unsigned> counter, int rounds, int mode) {
+  const int n = int(gridDim.x), j = int(blockIdx.x);
+  if (mode == 1 && j == n - 1) return;
+  rja::Group g{j, n, counter};
+  for (int r = 0; r < rounds; ++r) {
+    if (threadIdx.x == 0) slots[j] = float(100 * j + r);
+    if (mode != 2) g.barrier();  // every slot is written
+    if (threadIdx.x == 0) out[r * n + j] = slots[(j + 1) % n];
+    if (mode != 2) g.barrier();  // every slot is read before the next round overwrites it
   }
 }
 
@@ -145,6 +163,35 @@ std::vector<at::Tensor> block_sum(const at::Tensor& in, int64_t blocks, int64_t 
   rja::launch(block_sum_kernel, int(blocks), int(threads), 0, view<const float>(in, "in"), int(in.numel()),
               view<float>(per_block, "per_block"), view<float>(total, "total"));
   return {per_block, total};
+}
+
+// Returns out [rounds, blocks] of ring_exchange_kernel, launched cooperatively (or, to show that
+// its barrier needs that, as an ordinary launch).
+at::Tensor ring_exchange(int64_t blocks, int64_t threads, int64_t rounds, int64_t mode, bool cooperative) {
+  auto slots = at::full({blocks}, NAN), out = at::full({rounds, blocks}, NAN);
+  auto counter = at::zeros({1}, at::kInt);
+  const auto args = std::make_tuple(view<float>(slots, "slots"), view<float>(out, "out"),
+                                    rja::make_ptr(reinterpret_cast<unsigned*>(counter.data_ptr()), 1, "counter"),
+                                    int(rounds), int(mode));
+  std::apply(
+      [&](const auto&... a) {
+        if (cooperative) {
+          rja::launch_cooperative(ring_exchange_kernel, int(blocks), int(threads), 0, a...);
+        } else {
+          rja::launch(ring_exchange_kernel, int(blocks), int(threads), 0, a...);
+        }
+      },
+      args);
+  return out;
+}
+
+// The emulated device of occupancy queries and cooperative launches; returns the previous one.
+std::vector<int64_t> set_device(int64_t sm_count, int64_t max_blocks_per_sm) {
+  emu::Device& dev = emu::device();
+  const std::vector<int64_t> previous{dev.sm_count, dev.max_blocks_per_sm};
+  dev.sm_count = int(sm_count);
+  dev.max_blocks_per_sm = int(max_blocks_per_sm);
+  return previous;
 }
 
 // float32 -> dtype -> float32 through the emulator's 16-bit types.
@@ -226,6 +273,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("jca_forward", &jca_forward, "emulated rja::cuda_jca_forward on CPU tensors");
   m.def("jca_backward", &jca_backward, "emulated rja::cuda_jca_backward on CPU tensors");
   m.def("max_shared_bytes", &rja::max_shared_bytes);
+  m.def("choose_split", &rja::choose_split, "thread blocks per sample of the paper forward (host.h)");
+  m.def("set_device", &set_device, "set the emulated device (SM count, blocks per SM); returns the previous");
+  m.def("blocks_per_sm", [](int64_t threads, int64_t shared_bytes) {
+    return emu::max_active_blocks_per_sm(int(threads), std::size_t(shared_bytes));
+  });
+  m.def("ring_exchange", &ring_exchange);
   m.def("write_per_thread", &write_per_thread);
   m.def("divergent_barrier", &divergent_barrier);
   m.def("block_sum", &block_sum);
