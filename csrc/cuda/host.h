@@ -102,13 +102,23 @@ void launch_cooperative(void (*kernel)(KArgs...), int grid, int block, std::size
 }
 #endif
 
-// Thread blocks per sample for a batch of B: as many as the resident blocks (sm_count x per_sm)
-// allow for all B samples at once, at most one per column tile (the unit of work they share), and
-// 1 where B alone fills the device. Rounded down: all B x S blocks must be resident together.
+// Thread blocks per sample for a batch of B: the fewest that give every SM a block, ceil(sm_count
+// / B) (more would add barrier waits and partial sums, not SMs), at most one per column tile (the
+// unit of work they share) and at most what the resident blocks (sm_count x per_sm) allow for all
+// B samples at once, rounded down: all B x S blocks must be resident together. 1 where B alone
+// fills the device.
 inline int choose_split(std::int64_t B, int sm_count, int per_sm, int column_tiles) {
   if (B <= 0) return 1;
+  const std::int64_t occupy = (std::int64_t(sm_count) + B - 1) / B;
   const std::int64_t fit = std::int64_t(sm_count) * per_sm / B;
-  return int(std::max<std::int64_t>(1, std::min<std::int64_t>(fit, column_tiles)));
+  return int(std::max<std::int64_t>(1, std::min<std::int64_t>({occupy, fit, std::int64_t(column_tiles)})));
+}
+
+// Floats of the split's workspace of partial sums for S > 1 blocks per sample (0 for S = 1): the
+// forward's [B, S, L, d] (U), the backward's [B, 2, S, L, d] (U and then gQ in one, gP; paper.cuh).
+inline std::int64_t split_workspace_floats(std::int64_t B, std::int64_t S, std::int64_t L, std::int64_t d,
+                                           bool backward) {
+  return S > 1 ? (backward ? 2 : 1) * B * S * L * d : 0;
 }
 
 // Runs f with a value of the kernel element type of `dtype`.
@@ -288,18 +298,17 @@ inline std::vector<at::Tensor> forward(const at::Tensor& xa, const at::Tensor& x
   const std::size_t smem = shared_bytes_checked(SmemLayout(s, false).total, s, false, "paper");
   const auto f32 = xa.options().dtype(at::kFloat);
   auto work = at::empty({B, Work::floats(s)}, f32);
-  const int64_t tiles = (da + dv + s.E - 1) / s.E;  // column tiles
   dispatch_element(xa.scalar_type(), [&](auto tag) {
     using K = decltype(tag);
     s.split = split_for(forward_kernel<K>, B, da + dv, s, smem, cfg, "forward");
-    at::Tensor terms, counters;  // the split's workspace
+    at::Tensor partials, counters;  // the split's workspace
     if (s.split > 1) {
-      terms = at::empty({B, tiles, L, da + dv}, f32);
+      partials = at::empty({split_workspace_floats(B, s.split, L, da + dv, false)}, f32);
       counters = at::zeros({B}, xa.options().dtype(at::kInt));
     }
 #ifdef RJA_EMULATE
     work.fill_(NAN);  // a read of a workspace element before it is written shows up in the results
-    if (terms.defined()) terms.fill_(NAN);
+    if (partials.defined()) partials.fill_(NAN);
 #endif
     ForwardArgs<K> a;
     a.xa = ptr<const K>(xa, "xa");
@@ -311,7 +320,7 @@ inline std::vector<at::Tensor> forward(const at::Tensor& xa, const at::Tensor& x
     a.xv_out = ptr<K>(xv_out, "xv_out");
     a.work = ptr<float>(work, "work");
     if (s.split > 1) {
-      a.terms = ptr<float>(terms, "terms");
+      a.partials = ptr<float>(partials, "partials");
       a.counters = make_ptr(reinterpret_cast<unsigned*>(counters.data_ptr()), counters.numel(), "counters");
     }
     a.s = s;
@@ -346,13 +355,13 @@ inline std::vector<at::Tensor> backward(const at::Tensor& grad_xa, const at::Ten
     dispatch_element(xa_iters.scalar_type(), [&](auto tag) {
       using K = decltype(tag);
       s.split = split_for(backward_kernel<K>, B, d, s, smem, cfg, "backward");
-      at::Tensor terms, counters;  // the split's workspace
+      at::Tensor partials, counters;  // the split's workspace
       if (s.split > 1) {
-        terms = at::empty({B, 3, (d + s.E - 1) / s.E, L * d}, f32);
+        partials = at::empty({split_workspace_floats(B, s.split, L, d, true)}, f32);
         counters = at::zeros({B}, grad_xa.options().dtype(at::kInt));
       }
 #ifdef RJA_EMULATE
-      for (at::Tensor* buf : {&work, &terms, &H, &gU, &gQ, &gP}) {  // reads before writes show up as NaN
+      for (at::Tensor* buf : {&work, &partials, &H, &gU, &gQ, &gP}) {  // reads before writes show up as NaN
         if (buf->defined()) buf->fill_(NAN);
       }
 #endif
@@ -370,7 +379,7 @@ inline std::vector<at::Tensor> backward(const at::Tensor& grad_xa, const at::Ten
       a.gP = ptr<float>(gP, "gP");
       a.work = ptr<float>(work, "work");
       if (s.split > 1) {
-        a.terms = ptr<float>(terms, "terms");
+        a.partials = ptr<float>(partials, "partials");
         a.counters = make_ptr(reinterpret_cast<unsigned*>(counters.data_ptr()), counters.numel(), "counters");
       }
       a.s = s;

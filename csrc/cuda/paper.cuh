@@ -5,8 +5,10 @@
 // writes its outputs to global memory (xa_iters/xv_iters[i + 1]) and the blocks synchronise before
 // iteration i + 1 reads them as its joint features J. Forward and backward give each sample S
 // blocks (Dims::split, chosen by host.h to fill the GPU; a barrier across them through a counter
-// in global memory, Group in common.cuh): they share the column tiles below, and the sums over
-// column tiles are taken in tile order from per-tile terms, so that any S gives the bits of S = 1.
+// in global memory, Group in common.cuh): they share the column tiles below, block p taking tiles
+// p, p + S, ... and summing them in that order into its own partial sum, and after a barrier the S
+// partials are added in the order 0 .. S - 1. No float atomics: the same S gives the same bits
+// run to run; another S differs from S = 1 by rounding only (the sums are associated differently).
 // Per iteration and modality m (features x [L, dm], columns [off, off + dm) of J):
 //   P = x^T w_j [dm, L] and Q = x w_c [L, dm]              fp32 per-sample workspace (L2-resident)
 //   for each tile of E joint features (columns of C):       J tile staged in shared memory
@@ -305,12 +307,10 @@ RJA_DEVICE void attention_tile(const Modality<K>& m, Ptr<const float> P, Ptr<con
 }
 
 // U[:, off : off + dm] += H w_h[col0 : col0 + cols, :] of modality m for the H tile (t.H16 on the
-// tensor-core path, else t.G), complete before the call; = instead of += without accumulate. On the
-// tensor-core path in chunks of E columns of w_h, staged in 16 bits, with barriers inside; no
-// barrier on the CUDA-core path.
+// tensor-core path, else t.G), complete before the call. On the tensor-core path in chunks of E
+// columns of w_h, staged in 16 bits, with barriers inside; no barrier on the CUDA-core path.
 template <class K>
-RJA_DEVICE void add_update(const Modality<K>& m, const Tiles<K>& t, const Dims& s, Ptr<float> U, int col0, int cols,
-                           bool accumulate) {
+RJA_DEVICE void add_update(const Modality<K>& m, const Tiles<K>& t, const Dims& s, Ptr<float> U, int col0, int cols) {
   const int L = s.L, E = s.E, d = s.d(), dm = m.dm, off = m.off;
   const Ptr<const K> wh = slice(m.wh, std::int64_t(col0) * dm, std::int64_t(cols) * dm, "w_h[tile]");
   if constexpr (tensor_cores<K>()) {
@@ -327,35 +327,29 @@ RJA_DEVICE void add_update(const Modality<K>& m, const Tiles<K>& t, const Dims& 
         __syncthreads();
         RJA_BLOCK_LOOP(i, L * n) {
           const int l = i / n, c = i % n;
-          float& u = U[l * d + off + c0 + c];
-          u = accumulate ? u + t.S[l * t.ldS + c] : t.S[l * t.ldS + c];
+          U[l * d + off + c0 + c] += t.S[l * t.ldS + c];
         }
       }
       return;
     }
   }
   rows_times(L, dm, cols, [&](int l, int e) { return t.G[l * E + e]; }, wh, dm,
-             [&](int l, int c, float v) {
-               float& u = U[l * d + off + c];
-               u = accumulate ? u + v : v;
-             });
+             [&](int l, int c, float v) { U[l * d + off + c] += v; });
 }
 
 // U [L, d] of one iteration (columns [off, off + dm) are modality m's), from P and Q, a sum over
 // the column tiles. Alone (g.parts == 1) the block sums them into U; in a group of S blocks block
-// g.part takes tiles g.part, g.part + S, ... and writes tile j's term into U[j] (U is then
-// [tiles, L, d]), for a sum in tile order once all are written (reduced_update): the very
-// additions, in the same order, as the lone block's. Barriers inside; alone, ends with one, so U
-// is complete.
+// g.part sums its tiles g.part, g.part + S, ..., in that order, into its partial U (the caller
+// passes its slice of the [S, L, d] partials; all zero for a block without tiles), and the S
+// partials are added once all are written (sum_of_partials). Barriers inside; ends with one where
+// the block has a tile (the lone block always has), so its U is complete.
 template <class K>
 RJA_DEVICE void update_pass(const Modality<K>* mods, const Joint<K>& J, Ptr<const float> P, Ptr<const float> Q,
                             Ptr<float> U, const Tiles<K>& t, const Dims& s, const Group& g) {
   const int L = s.L, d = s.d(), E = s.E, tiles = (d + E - 1) / E;
-  const bool alone = g.parts == 1;
-  if (alone) RJA_BLOCK_LOOP(i, L * d) U[i] = 0.f;
+  RJA_BLOCK_LOOP(i, L * d) U[i] = 0.f;
   for (int tile = g.part; tile < tiles; tile += g.parts) {
     const int col0 = tile * E, cols = tile_size(d, col0, E);
-    const Ptr<float> out = alone ? U : slice(U, std::int64_t(tile) * L * d, std::int64_t(L) * d, "U[tile]");
     __syncthreads();  // P, Q and U are complete; the previous tile's readers of J are done
     stage_joint(J, t, s, col0, cols);
     for (int mi = 0; mi < 2; ++mi) {
@@ -374,7 +368,7 @@ RJA_DEVICE void update_pass(const Modality<K>* mods, const Joint<K>& J, Ptr<cons
         }
       }
       __syncthreads();
-      add_update(m, t, s, out, col0, cols, alone);
+      add_update(m, t, s, U, col0, cols);
       __syncthreads();  // H's readers are done before the next G tile
     }
   }
@@ -387,31 +381,31 @@ struct ForwardArgs {
   Ptr<K> xa_iters, xv_iters;  // [T, B, L, da|dv]: the input features of every iteration
   Ptr<K> xa_out, xv_out;      // [B, L, da|dv]
   Ptr<float> work;            // [B, Work::floats]
-  Ptr<float> terms;           // split > 1: [B, tiles, L, d], each column tile's term of U
+  Ptr<float> partials;        // split > 1: [B, S, L, d], each block's partial sum of U (host.h)
   Ptr<unsigned> counters;     // split > 1: [B], zero: the samples' barrier counters (Group)
   Dims s;
 };
 
-// Element `at` of a sum over the column tiles of terms [tiles, L * d], in tile order, from 0: the
-// additions of a lone block that accumulates the terms tile by tile into a zeroed buffer.
-RJA_DEVICE float sum_of_terms(Ptr<const float> terms, std::int64_t at, const Dims& s) {
-  const int tiles = (s.d() + s.E - 1) / s.E;
+// Element `at` of the sum of a sample's S partial sums [S, L * d], added in the order 0 .. S - 1
+// whichever block reads it: the same bits for a given S, whatever the schedule.
+RJA_DEVICE float sum_of_partials(Ptr<const float> partials, std::int64_t at, const Dims& s) {
   const std::int64_t ld = std::int64_t(s.L) * s.d();
-  float sum = 0.f;
-  for (int tile = 0; tile < tiles; ++tile) sum += terms[tile * ld + at];
+  float sum = partials[at];
+  for (int p = 1; p < s.split; ++p) sum += partials[p * ld + at];
   return sum;
 }
 
-// Element i of U[:, off : off + dm] (alone: U itself, [L, d]; else the terms [tiles, L, d]).
+// Element i of U[:, off : off + dm] (alone: U itself, [L, d]; else the partials [S, L, d]).
 RJA_DEVICE float reduced_update(Ptr<const float> U, int i, int dm, int off, const Dims& s, bool alone) {
   const int at = i / dm * s.d() + off + i % dm;
-  return alone ? U[at] : sum_of_terms(U, at, s);
+  return alone ? U[at] : sum_of_partials(U, at, s);
 }
 
 // With s.split = S > 1 the S blocks b*S .. b*S + S - 1 share sample b (host.h launches them
 // cooperatively, all resident): each computes a share of P and Q, the column tiles g.part,
-// g.part + S, ... of U and a share of the outputs, with barriers across the S blocks (Group)
-// between these phases; the result is the lone block's, bit for bit.
+// g.part + S, ... of U summed into its own partial, and a share of the outputs from the sum of the
+// S partials, with barriers across the S blocks (Group) between these phases. Deterministic for a
+// given S; S = 1 (no partials, an ordinary launch) sums all tiles in order into U.
 template <class K>
 __global__ void forward_kernel(ForwardArgs<K> a) {
   RJA_DYNAMIC_SHARED(float, smem);
@@ -422,8 +416,9 @@ __global__ void forward_kernel(ForwardArgs<K> a) {
   const bool alone = S == 1;
   Group g{int(blockIdx.x % S), S, alone ? Ptr<unsigned>() : slice(a.counters, b, 1, "counters[b]")};
   const Work work(a.work, b, s);
-  const std::int64_t nterms = std::int64_t((d + s.E - 1) / s.E) * L * d;
-  const Ptr<float> U = alone ? work.third : slice(a.terms, b * nterms, nterms, "terms[b]");
+  const std::int64_t ld = std::int64_t(L) * d;
+  const Ptr<float> U = alone ? work.third : slice(a.partials, b * S * ld, S * ld, "partials[b]");
+  const Ptr<float> U_mine = alone ? U : slice(U, g.part * ld, ld, "partials[b][part]");
   RJA_RANGE_LOOP(i, g.first(int(na)), g.last(int(na))) a.xa_iters[b * na + i] = a.xa[b * na + i];
   RJA_RANGE_LOOP(i, g.first(int(nv)), g.last(int(nv))) a.xv_iters[b * nv + i] = a.xv[b * nv + i];
   g.barrier();
@@ -439,8 +434,8 @@ __global__ void forward_kernel(ForwardArgs<K> a) {
     const Modality<K> mods[2] = {modality(xa, 0, a.w, set, s), modality(xv, 1, a.w, set, s)};
     for (int mi = 0; mi < 2; ++mi) group_projections(mods[mi], work.P, work.Q, s, g);
     g.barrier();  // P and Q are complete
-    update_pass(mods, J, work.P, work.Q, U, t, s, g);
-    g.barrier();  // every tile's term of U is written
+    update_pass(mods, J, work.P, work.Q, U_mine, t, s, g);
+    g.barrier();  // every block's partial U is written
     for (int mi = 0; mi < 2; ++mi) {  // out = x + U (x + relu(U)), coalesced along the features
       const Modality<K>& m = mods[mi];
       RJA_RANGE_LOOP(i, g.first(L * m.dm), g.last(L * m.dm)) {
@@ -464,18 +459,17 @@ struct BackwardArgs {
   Ptr<float> gQ;  // [T, B, L, d]     gradient of Q
   Ptr<float> gP;  // [T, B, d, L]     gradient of P (rows [off, off + dm))
   Ptr<float> work;  // [B, Work::floats]: P, Q and the running gradient g
-  Ptr<float> terms;        // split > 1: [B, 3, tiles, L * d], the column tiles' terms of U, gQ and gP
+  Ptr<float> partials;     // split > 1: [B, 2, S, L * d], each block's partial sums: U, then gQ; gP
   Ptr<unsigned> counters;  // split > 1: [B], zero: the samples' barrier counters (Group)
   Dims s;
 };
 
 // One column tile [col0, col0 + cols) of modality m: the H tile and every gradient it feeds; the
-// tile's terms of gQ and gP are added to them (accumulate) or stored in their place. Barriers
-// inside; ends with one.
+// tile's terms of gQ and gP are added to them. Barriers inside; ends with one.
 template <class K>
 RJA_DEVICE void backward_column_tile(const Modality<K>& m, Ptr<const float> P, Ptr<const float> Q, Ptr<float> H,
                                      Ptr<const float> gU, Ptr<float> gQ, Ptr<float> gP, const Tiles<K>& t,
-                                     const Dims& s, int col0, int cols, bool accumulate) {
+                                     const Dims& s, int col0, int cols) {
   const int L = s.L, R = s.R, E = s.E, d = s.d(), dm = m.dm, off = m.off;
   attention_tile<K, true>(m, P, Q, t, s, cols);
   RJA_BLOCK_LOOP(i, L * cols) {  // H, and dH/dG in place of G (same (l, e) ownership)
@@ -514,16 +508,14 @@ RJA_DEVICE void backward_column_tile(const Modality<K>& m, Ptr<const float> P, P
       const int l = i / rows, r = i % rows;
       float acc = 0.f;
       for (int e = 0; e < cols; ++e) acc += t.gG[l * E + e] * t.C[r * (E + 1) + e];
-      float& q = gQ[l * d + base + r];
-      q = accumulate ? q + acc : acc;
+      gQ[l * d + base + r] += acc;
     }
     __syncthreads();
     RJA_BLOCK_LOOP(i, rows * L) {  // gP += gS J^T
       const int r = i / L, l = i % L;
       float acc = 0.f;
       for (int e = 0; e < cols; ++e) acc += t.gS[r * (E + 1) + e] * t.Jt[l * (E + 1) + e];
-      float& p = gP[(base + r) * L + l];
-      p = accumulate ? p + acc : acc;
+      gP[(base + r) * L + l] += acc;
     }
     RJA_BLOCK_LOOP(i, L * cols) {  // gJ += P^T gS
       const int l = i / cols, e = i % cols;
@@ -536,10 +528,11 @@ RJA_DEVICE void backward_column_tile(const Modality<K>& m, Ptr<const float> P, P
 }
 
 // With s.split = S > 1 the S blocks b*S .. b*S + S - 1 share sample b as in the forward: shares
-// of P, Q and of the element-wise passes, the column tiles g.part, g.part + S, ... (their terms of
-// U, gQ and gP in per-tile slices, summed in tile order after a barrier: the lone block's sums),
-// and shares of the columns of dx += dQ w_c^T + w_j dP^T. The result is the lone block's, bit for
-// bit.
+// of P, Q and of the element-wise passes, the column tiles g.part, g.part + S, ... (summed in that
+// order into the block's partial sums of U, gQ and gP; after a barrier the S partials are added in
+// the order 0 .. S - 1), and shares of the columns of dx += dQ w_c^T + w_j dP^T. U's partials are
+// read (into gU) before the tile loop writes gQ's, so these share one slice: 2 S L d floats a
+// sample. Deterministic for a given S; S = 1 accumulates straight into gQ and gP.
 template <class K>
 __global__ void backward_kernel(BackwardArgs<K> a) {
   RJA_DYNAMIC_SHARED(float, smem);
@@ -547,14 +540,15 @@ __global__ void backward_kernel(BackwardArgs<K> a) {
   const Tiles<K> t(smem, s, true);
   const int L = s.L, d = s.d(), E = s.E, S = s.split, tiles = (d + E - 1) / E;
   const std::int64_t b = blockIdx.x / S, B = s.B, na = std::int64_t(L) * s.da, nv = std::int64_t(L) * s.dv;
-  const std::int64_t ld = std::int64_t(L) * d, nterms = tiles * ld;
+  const std::int64_t ld = std::int64_t(L) * d, nparts = S * ld;
   const bool alone = S == 1;
   Group group{int(blockIdx.x % S), S, alone ? Ptr<unsigned>() : slice(a.counters, b, 1, "counters[b]")};
   const int first = group.first(int(ld)), last = group.last(int(ld));  // this block's share of [L, d]
-  const Ptr<float> terms = alone ? Ptr<float>() : slice(a.terms, b * 3 * nterms, 3 * nterms, "terms[b]");
-  const Ptr<float> U_terms = alone ? terms : slice(terms, 0, nterms, "terms[b].U");
-  const Ptr<float> gQ_terms = alone ? terms : slice(terms, nterms, nterms, "terms[b].gQ");
-  const Ptr<float> gP_terms = alone ? terms : slice(terms, 2 * nterms, nterms, "terms[b].gP");
+  const Ptr<float> parts = alone ? Ptr<float>() : slice(a.partials, b * 2 * nparts, 2 * nparts, "partials[b]");
+  const Ptr<float> U_parts = alone ? parts : slice(parts, 0, nparts, "partials[b].U|gQ");  // U, then gQ
+  const Ptr<float> gQ_parts = U_parts;
+  const Ptr<float> gP_parts = alone ? parts : slice(parts, nparts, nparts, "partials[b].gP");
+  const auto mine = [&](Ptr<float> all, const char* name) { return slice(all, group.part * ld, ld, name); };
   const Work work(a.work, b, s);
   const Ptr<float> g = work.third;  // gradient w.r.t. the current iteration's output, then input
   RJA_RANGE_LOOP(i, first, last) {
@@ -582,25 +576,31 @@ __global__ void backward_kernel(BackwardArgs<K> a) {
     }
     if (s.out_relu) {  // gU = g relu'(U): recompute this iteration's U first
       group.barrier();  // P and Q are complete
-      update_pass(mods, J, work.P, work.Q, alone ? gU : U_terms, t, s, group);
-      group.barrier();  // every tile's term of U is written
+      update_pass(mods, J, work.P, work.Q, alone ? gU : mine(U_parts, "partials[b].U[part]"), t, s, group);
+      group.barrier();  // every block's partial U is written
       RJA_RANGE_LOOP(i, first, last) {
-        const float u = alone ? gU[i] : sum_of_terms(U_terms, i, s);
+        const float u = alone ? gU[i] : sum_of_partials(U_parts, i, s);
         gU[i] = g[i] * (u > 0.f ? 1.f : 0.f);
       }
     } else {
       RJA_RANGE_LOOP(i, first, last) gU[i] = g[i];
     }
-    group.barrier();  // P, Q and gU are complete
+    group.barrier();  // P, Q and gU are complete; U's partials are read
+    const Ptr<float> gQ_out = alone ? gQ : mine(gQ_parts, "partials[b].gQ[part]");
+    const Ptr<float> gP_out = alone ? gP : mine(gP_parts, "partials[b].gP[part]");
+    if (!alone) {
+      RJA_BLOCK_LOOP(i, int(ld)) {
+        gQ_out[i] = 0.f;
+        gP_out[i] = 0.f;
+      }
+    }
     for (int tile = group.part; tile < tiles; tile += S) {
       const int col0 = tile * E, cols = tile_size(d, col0, E);
-      const Ptr<float> gQ_out = alone ? gQ : slice(gQ_terms, tile * ld, ld, "gQ_terms[tile]");
-      const Ptr<float> gP_out = alone ? gP : slice(gP_terms, tile * ld, ld, "gP_terms[tile]");
       __syncthreads();  // P, Q, gU, gQ, gP are complete; the previous tile's readers of J are done
       stage_joint(J, t, s, col0, cols);
       RJA_BLOCK_LOOP(i, L * cols) t.gJ[(i / cols) * E + i % cols] = 0.f;
       for (int mi = 0; mi < 2; ++mi) {
-        backward_column_tile(mods[mi], work.P, work.Q, H[mi], gU, gQ_out, gP_out, t, s, col0, cols, alone);
+        backward_column_tile(mods[mi], work.P, work.Q, H[mi], gU, gQ_out, gP_out, t, s, col0, cols);
       }
       RJA_BLOCK_LOOP(i, L * cols) {  // dx += dJ (same (l, e) ownership as the zeroing above)
         const int l = i / cols, e = i % cols;
@@ -608,10 +608,10 @@ __global__ void backward_kernel(BackwardArgs<K> a) {
       }
     }
     if (!alone) {
-      group.barrier();  // every tile's terms of gQ and gP are written
+      group.barrier();  // every block's partial gQ and gP are written
       RJA_RANGE_LOOP(i, first, last) {
-        gQ[i] = sum_of_terms(gQ_terms, i, s);
-        gP[i] = sum_of_terms(gP_terms, i, s);
+        gQ[i] = sum_of_partials(gQ_parts, i, s);
+        gP[i] = sum_of_partials(gP_parts, i, s);
       }
     }
     group.barrier();  // gQ and gP are complete

@@ -274,6 +274,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("jca_backward", &jca_backward, "emulated rja::cuda_jca_backward on CPU tensors");
   m.def("max_shared_bytes", &rja::max_shared_bytes);
   m.def("choose_split", &rja::choose_split, "thread blocks per sample of the paper forward (host.h)");
+  m.def("split_workspace_floats", &rja::split_workspace_floats,
+        "floats of the paper form's partial sums for (B, S, L, d, backward) (host.h)");
   m.def("set_device", &set_device, "set the emulated device (SM count, blocks per SM); returns the previous");
   m.def("blocks_per_sm", [](int64_t threads, int64_t shared_bytes) {
     return emu::max_active_blocks_per_sm(int(threads), std::size_t(shared_bytes));
