@@ -306,6 +306,24 @@ def test_forced_split_beyond_the_resident_blocks_is_refused(emulated_device):
         call_operator(PAPER, inp, 1, "cuda")
 
 
+def test_split_from_the_environment_overrides_the_config(emulated_device, monkeypatch):
+    # RJA_CUDA_SPLIT (what a device session sets to time S = 1 against the heuristic's S) wins over
+    # the launch config: forcing 2 where the config asks for 1 is refused the same way; a value
+    # that is not a non-negative integer is an error, not a silent fallback.
+    emulated_device(2, 2)
+    inp = make_inputs(PAPER, 3, 5, 24, 40, 1)
+    monkeypatch.setenv("RJA_CUDA_SPLIT", "2")
+    with cuda.emulated_config(split=1), pytest.raises(RuntimeError, match=r"split=2 needs B \* split = 6"):
+        call_operator(PAPER, inp, 1, "cuda")
+    for bad in ("two", "-1", "2x"):
+        monkeypatch.setenv("RJA_CUDA_SPLIT", bad)
+        with pytest.raises(RuntimeError, match=f"RJA_CUDA_SPLIT must be a non-negative integer, got '{bad}'"):
+            call_operator(PAPER, inp, 1, "cuda")
+    monkeypatch.setenv("RJA_CUDA_SPLIT", "1")
+    with cuda.emulated_config(split=2):  # 3 x 2 blocks, refused without the override
+        call_operator(PAPER, inp, 1, "cuda")
+
+
 # ---- the JCA form ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <tuple>
 #include <vector>
 
@@ -101,6 +102,19 @@ void launch_cooperative(void (*kernel)(KArgs...), int grid, int block, std::size
       params);
 }
 #endif
+
+// RJA_CUDA_SPLIT=S forces S thread blocks per sample of the paper form over Config::split and
+// choose_split (unset or 0: those decide), to compare launch shapes on a device.
+inline int split_from_env() {
+  const char* v = std::getenv("RJA_CUDA_SPLIT");
+  if (v == nullptr || *v == '\0') return 0;
+  char* end = nullptr;
+  const long split = std::strtol(v, &end, 10);
+  // Bounded so that the int conversion holds; split_for refuses an S the device cannot hold.
+  TORCH_CHECK(*end == '\0' && split >= 0 && split <= 1 << 20,
+              "rja cuda: RJA_CUDA_SPLIT must be a non-negative integer, got '", v, "'");
+  return int(split);
+}
 
 // Thread blocks per sample for a batch of B: the fewest that give every SM a block, ceil(sm_count
 // / B) (more would add barrier waits and partial sums, not SMs), at most one per column tile (the
@@ -267,13 +281,14 @@ inline Dims with_tensor_cores(Dims s, at::ScalarType dtype) {
   return s;
 }
 
-// Thread blocks per sample for `kernel`: cfg.split, or choose_split's for the device; all B * split
-// blocks must be resident at once.
+// Thread blocks per sample for `kernel`: RJA_CUDA_SPLIT's, cfg.split, or choose_split's for the
+// device; all B * split blocks must be resident at once.
 template <class... KArgs>
 int split_for(void (*kernel)(KArgs...), int64_t B, int64_t d, const Dims& s, std::size_t smem, const Config& cfg,
               const char* pass) {
   const int per_sm = blocks_per_sm(kernel, cfg.threads, smem), sms = sm_count();
-  const int split = cfg.split > 0 ? cfg.split : choose_split(B, sms, per_sm, int((d + s.E - 1) / s.E));
+  const int from_env = split_from_env(), forced = from_env > 0 ? from_env : cfg.split;
+  const int split = forced > 0 ? forced : choose_split(B, sms, per_sm, int((d + s.E - 1) / s.E));
   TORCH_CHECK(split == 1 || B * split <= int64_t(sms) * per_sm, "rja cuda paper ", pass, ": split=", split,
               " needs B * split = ", B * split, " resident blocks; the device holds ", sms, " SMs x ", per_sm, " = ",
               int64_t(sms) * per_sm);
