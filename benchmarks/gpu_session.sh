@@ -7,7 +7,7 @@
 #                                       (device tool: run(command="bash benchmarks/gpu_session.sh", timeout_s=600))
 #   RJA_GPU_SKIP_TESTS=1 RJA_GPU_BENCH_K="paper-form-paper and max-autotune" bash benchmarks/gpu_session.sh
 #   RJA_GPU_BENCH_K="" bash benchmarks/gpu_session.sh   # all 180 benchmarks (far over 10 minutes)
-#   RJA_GPU_SPLIT_AB=1 bash benchmarks/gpu_session.sh   # also CUDA C++ with one block per sample
+#   RJA_GPU_SPLIT_AB=1 bash benchmarks/gpu_session.sh   # also Triton and CUDA C++ with one program per sample
 #
 # Sized for one 10-minute call on an H100/H200 (16 cores): the build for compute capability 9.0
 # only (RJA_CUDA_ARCHS), the GPU tests with -x, and by default the paper size with every
@@ -42,18 +42,19 @@ stage extensions 60 "$PY" -P -m rja_kernels.ext_info --require-cuda || exit 1
 if [ "${RJA_GPU_SKIP_TESTS:-0}" != 1 ]; then
   # The files that test on the GPU; the rest of the suite needs packages that machine lacks (PyAV).
   stage tests "${RJA_GPU_TEST_SECONDS:-150}" "$PY" -P -m pytest -q -x -p no:cacheprovider \
-    tests/test_cuda_gpu.py tests/test_approx_tanh.py tests/test_triton.py
+    tests/test_cuda_gpu.py tests/test_approx_tanh.py tests/test_triton.py tests/test_triton_split.py
 fi
 select=(-k "${RJA_GPU_BENCH_K-paper-form-paper and not max-autotune}")
 [ -z "${select[1]}" ] && select=()
 stage benchmark "${RJA_GPU_BENCH_SECONDS:-400}" "$PY" -P -m pytest -q -p no:cacheprovider -s \
   benchmarks/test_bench_gpu.py --benchmark-only --benchmark-json="$OUT/bench_gpu.json" \
   --benchmark-columns=median,min,max,rounds "${select[@]}"
-# RJA_GPU_SPLIT_AB=1: the CUDA C++ paper form again with one block per sample (RJA_CUDA_SPLIT=1),
-# against the split that host.h chooses in the run above.
+# RJA_GPU_SPLIT_AB=1: the paper form's kernels again with one program (block) per sample
+# (RJA_TRITON_SPLIT=1, RJA_CUDA_SPLIT=1), against the splits chosen in the run above.
 if [ "${RJA_GPU_SPLIT_AB:-0}" = 1 ]; then
-  RJA_CUDA_SPLIT=1 stage benchmark-split1 "${RJA_GPU_SPLIT_AB_SECONDS:-120}" "$PY" -P -m pytest -q \
-    -p no:cacheprovider -s benchmarks/test_bench_gpu.py --benchmark-only -k "paper-form-paper and cuda" \
+  RJA_TRITON_SPLIT=1 RJA_CUDA_SPLIT=1 stage benchmark-split1 "${RJA_GPU_SPLIT_AB_SECONDS:-150}" "$PY" -P -m pytest \
+    -q -p no:cacheprovider -s benchmarks/test_bench_gpu.py --benchmark-only \
+    -k "paper-form-paper and (cuda or triton) and not compile and not eager" \
     --benchmark-json="$OUT/bench_gpu_split1.json" --benchmark-columns=median,min,max,rounds
 fi
 cat "$OUT/summary.txt"

@@ -1,10 +1,13 @@
 """Registers and local-memory stack per thread of every Triton kernel's autotune candidates,
 compiled ahead of time for a GPU target (default sm_90, Hopper) on any machine: Triton's compiler
 and its bundled ptxas and cuobjdump need no GPU. A candidate with stack is spilling (or indexing a
-tile dynamically): on the GPU it runs from local memory, many times slower.
+tile dynamically): on the GPU it runs from local memory, many times slower. Also counted: the
+GPU-scope release adds in the PTX, the arrivals of the barriers between the programs of a sample
+(`--split S`, paper form; none for one program per sample).
 
     python benchmarks/triton_registers.py                       # every kernel, size and dtype
     python benchmarks/triton_registers.py --kernel jca-forward --size long --dtype float32
+    python benchmarks/triton_registers.py --kernel paper-forward --split 2
 
 Sizes and dtypes are the GPU benchmark's (benchmarks/conftest.py, benchmarks/test_bench_gpu.py).
 Integer arguments are compiled as the launch specialises them (multiples of 16 marked so).
@@ -47,20 +50,24 @@ DTYPES = {"float32": "fp32", "bfloat16": "bf16"}
 INTS = ("B", "T", "W_PER_ITER", "TW", "L", "DA", "DV", "K")
 
 
-def compile_candidate(kernel_name: str, size: str, dtype: str, config: triton.Config, arch: int) -> dict:
-    """ptxas's resource usage of one autotune candidate at one size and dtype."""
+def compile_candidate(kernel_name: str, size: str, dtype: str, config: triton.Config, arch: int,
+                      split: int = 1) -> dict:
+    """ptxas's resource usage of one autotune candidate at one size and dtype, and its barrier
+    arrivals (`split` programs per sample, paper form)."""
     autotuned, fp32_pointers = KERNELS[kernel_name]
     fn = autotuned.fn
     b, seq, da, dv, k, iterations = SIZES[size]
     ints = {"B": b, "T": iterations, "W_PER_ITER": 1, "TW": iterations, "L": seq, "DA": da, "DV": dv, "K": k}
     constexprs = {"BL": pad16(seq), "BK": pad16(k), "PREC": "ieee", "H_TANH": False, "OUT_RELU": False,
-                  **config.kwargs}
+                  "SPLIT": split, **config.kwargs}
     signature, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in constexprs:
             signature[name] = "constexpr"
         elif name == "scale":
             signature[name] = "fp32"
+        elif name == "counter":
+            signature[name] = "*i32"
         elif name in INTS:
             signature[name] = "i32"
             if ints[name] % 16 == 0 and name not in fn.do_not_specialize:
@@ -81,7 +88,8 @@ def compile_candidate(kernel_name: str, size: str, dtype: str, config: triton.Co
                                text=True, check=True).stdout
     fields = dict(item.split(":") for item in next(line for line in usage.splitlines() if "REG:" in line).split()
                   if ":" in item and item.split(":")[1].isdigit())
-    return {"registers": int(fields["REG"]), "stack": int(fields["STACK"])}
+    return {"registers": int(fields["REG"]), "stack": int(fields["STACK"]),
+            "arrivals": compiled.asm["ptx"].count("atom.global.gpu.release.add")}
 
 
 def candidates(kernel_name: str) -> list[triton.Config]:
@@ -98,19 +106,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=sorted(SIZES), action="append", help="default: all")
     parser.add_argument("--dtype", choices=sorted(DTYPES), action="append", help="default: all")
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (default 90)")
+    parser.add_argument("--split", type=int, default=1, help="programs per sample of the paper form (default 1)")
+    parser.add_argument("--candidates", type=int, help="the first N autotune candidates of each kernel (default: all)")
     parser.add_argument("--json", action="store_true", help="one JSON list of rows instead of the table")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    if args.split < 1:
+        parser.error(f"--split must be at least 1, got {args.split}")
     jobs = [(kn, s, dt, c) for kn in args.kernel or KERNELS for s in args.size or SIZES
-            for dt in args.dtype or DTYPES for c in candidates(kn)]
+            for dt in args.dtype or DTYPES for c in candidates(kn)[:args.candidates]]
     if not args.json:
-        print("| kernel | size | dtype | BM | BD | warps | long only | registers | stack (B/thread) |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        print("| kernel | size | dtype | BM | BD | warps | long only | registers | stack (B/thread) | arrivals |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     rows = []
     for kn, s, dt, c in tqdm(jobs, disable=args.quiet, leave=False):
         row = {"kernel": kn, "size": s, "dtype": dt, "BM": c.kwargs["BM"], "BD": c.kwargs["BD"],
                "warps": c.num_warps, "long_only": getattr(c, "long_only", False),
-               **compile_candidate(kn, s, dt, c, args.arch)}
+               **compile_candidate(kn, s, dt, c, args.arch, args.split)}
         rows.append(row)
         if not args.json:
             tqdm.write("| " + " | ".join(str(v) for v in row.values()) + " |")

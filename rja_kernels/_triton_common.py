@@ -7,16 +7,18 @@ reasons: importing triton is slow, and `@triton.jit` reads `TRITON_INTERPRET` wh
 *defined*, so the choice between the CPU interpreter and GPU compilation is made here, at first use,
 not at package import.
 
-Why one program per sample (both forms). An iteration's `J = concat(xa, xv)` couples every row of
-both modalities, so a program can only start iteration `i + 1` once every row of iteration `i` is
-written, and the only barrier Triton offers is within a program (`tl.debug_barrier`, a CTA-wide
-`__syncthreads`, which also makes the CTA's global stores visible to its other threads). A
-grid-wide barrier between the programs of a sample would need co-resident programs spinning on
-atomics, which the interpreter (it runs programs one after the other) and an oversubscribed GPU
-would deadlock on. So each iteration's updated features go to the `xa_iters`/`xv_iters` output
-buffers in global memory (L2-resident: a sample is a few hundred KiB at most), the kernels'
-intermediates that a whole iteration needs go to per-program workspace buffers, and barriers
-separate the passes: `B` programs, one launch for all `T` iterations.
+Programs per sample. An iteration's `J = concat(xa, xv)` couples every row of both modalities, so
+no part of iteration `i + 1` can start before every row of iteration `i` is written. Each
+iteration's updated features go to the `xa_iters`/`xv_iters` output buffers in global memory
+(L2-resident: a sample is a few hundred KiB at most), the intermediates a whole iteration needs go
+to per-sample workspace buffers, and barriers separate the passes: one launch for all `T`
+iterations. With one program per sample (the JCA form; the paper form where the batch fills the
+SMs) the barrier is `tl.debug_barrier`, a CTA-wide `__syncthreads` that also makes the CTA's
+global stores visible to its other threads. The paper form can give each sample `SPLIT` programs
+that share every pass's tiles and meet at `sample_barrier`, an arrival counter in global memory:
+they must all be resident at once, which the launch keeps to one program per SM, and the
+interpreter, which runs programs one after another, runs them as threads
+(`rja_kernels._triton_cooperative`).
 
 Padding: `tl.dot` needs every dimension >= 16, so `L` is padded to `BL >= 16` and every load is
 masked with `other=0`. Zero padding is exact: padded rows/columns give `S = 0`, `C = tanh(0) = 0`
@@ -197,6 +199,23 @@ def load_j_tile(ja, jv, offs_l, cols, L, DA, D):
 
 
 @device_fn
+def sample_barrier(counter, arrivals, SPLIT: tl.constexpr):
+    """Waits until the `SPLIT` programs of a sample have together arrived `arrivals` times at their
+    `counter` (int32, zero at launch): the `k`-th barrier of a launch passes `arrivals = k * SPLIT`,
+    so the count never needs resetting. The CTA barrier first makes this program's stores visible to
+    its thread 0, whose release add publishes them at GPU scope and whose acquire poll (Triton
+    issues a scalar atomic from thread 0 alone and broadcasts its result through shared memory)
+    makes the other programs' stores visible to this one. A no-op but the CTA barrier for one program
+    per sample. The programs must be co-resident: `_triton_paper.choose_split` keeps the grid within
+    the SMs; in the interpreter, `_triton_cooperative` runs them as threads."""
+    tl.debug_barrier()
+    if SPLIT > 1:
+        tl.atomic_add(counter, 1, sem="release", scope="gpu")
+        while tl.atomic_add(counter, 0, sem="acquire", scope="gpu") < arrivals:
+            pass
+
+
+@device_fn
 def acc_store(ptr, val, mask, accumulate):
     """`*ptr = val`, or `*ptr += val` when `accumulate`."""
     prev = tl.load(ptr, mask=mask & accumulate, other=0.0)
@@ -204,20 +223,22 @@ def acc_store(ptr, val, mask, accumulate):
 
 
 @device_fn
-def zero_rows(dst, L, D, BL: tl.constexpr, BD: tl.constexpr):
-    """dst[:L, :D] = 0 (fp32, row-major with D columns)."""
+def zero_rows(dst, L, D, s, SPLIT: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr):
+    """dst[:L, :D] = 0 (fp32, row-major with D columns); this program's share: column tiles s, s + SPLIT, ..."""
     offs_l = arange(BL)
-    for c0 in range(0, D, BD):
+    for c0 in range(s * BD, D, SPLIT * BD):
         cols = c0 + arange(BD)
         tl.store(dst + offs_l[:, None] * D + cols[None, :], tl.zeros((BL, BD), tl.float32),
                  mask=(offs_l[:, None] < L) & (cols[None, :] < D))
 
 
 @device_fn
-def copy_cols(src, dst, L, src_cols, dst_cols, col0_src, col0_dst, n, BL: tl.constexpr, BD: tl.constexpr):
-    """dst[:, col0_dst + j] = src[:, col0_src + j] for j < n, converting to dst's dtype."""
+def copy_cols(src, dst, L, src_cols, dst_cols, col0_src, col0_dst, n, s, SPLIT: tl.constexpr,
+              BL: tl.constexpr, BD: tl.constexpr):
+    """dst[:, col0_dst + j] = src[:, col0_src + j] for j < n, converting to dst's dtype; this
+    program's share: column tiles s, s + SPLIT, ..."""
     offs_l = arange(BL)
-    for c0 in range(0, n, BD):
+    for c0 in range(s * BD, n, SPLIT * BD):
         cols = c0 + arange(BD)
         m = (offs_l[:, None] < L) & (cols[None, :] < n)
         v = tl.load(src + offs_l[:, None] * src_cols + col0_src + cols[None, :], mask=m)
@@ -225,6 +246,6 @@ def copy_cols(src, dst, L, src_cols, dst_cols, col0_src, col0_dst, n, BL: tl.con
 
 
 @device_fn
-def copy_rows(src, dst, L, DM, BL: tl.constexpr, BD: tl.constexpr):
-    """dst[:L, :DM] = src[:L, :DM] (both row-major with DM columns)."""
-    copy_cols(src, dst, L, DM, DM, 0, 0, DM, BL, BD)
+def copy_rows(src, dst, L, DM, s, SPLIT: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr):
+    """dst[:L, :DM] = src[:L, :DM] (both row-major with DM columns); this program's share as `copy_cols`."""
+    copy_cols(src, dst, L, DM, DM, 0, 0, DM, s, SPLIT, BL, BD)

@@ -92,8 +92,8 @@ def _jca_fwd_kernel(xa, xv, w_ja, w_jv, w_a, w_v, w_ca, w_cv, w_ha, w_hv,
     na = L * DA
     nv = L * DV
     # Iteration 0's input is the operator's input: copy it into the saved-features buffer.
-    copy_rows(xa + b * na, xa_it + b * na, L, DA, BL, BD)
-    copy_rows(xv + b * nv, xv_it + b * nv, L, DV, BL, BD)
+    copy_rows(xa + b * na, xa_it + b * na, L, DA, 0, 1, BL, BD)
+    copy_rows(xv + b * nv, xv_it + b * nv, L, DV, 0, 1, BL, BD)
     tl.debug_barrier()
     for i in range(T):
         src_a = xa_it + (i * B + b) * na
@@ -200,8 +200,8 @@ def _jca_bwd_kernel(grad_xa, grad_xv, xa_it, xv_it, w_ja, w_jv, w_a, w_v, w_ca, 
     nv = L * DV
     # Two fp32 [L, D] gradient buffers of this program, ping-ponged across iterations.
     g0 = g_scratch + b * 2 * L * D
-    copy_cols(grad_xa + b * na, g0, L, DA, D, 0, 0, DA, BL, BD)
-    copy_cols(grad_xv + b * nv, g0, L, DV, D, 0, DA, DV, BL, BD)
+    copy_cols(grad_xa + b * na, g0, L, DA, D, 0, 0, DA, 0, 1, BL, BD)
+    copy_cols(grad_xv + b * nv, g0, L, DV, D, 0, DA, DV, 0, 1, BL, BD)
     # This program's slices of the [B, Tw, ...] weight-gradient partial buffers.
     n_ll = TW * L * L
     n_kl = TW * K * L
@@ -210,7 +210,7 @@ def _jca_bwd_kernel(grad_xa, grad_xv, xa_it, xv_it, w_ja, w_jv, w_a, w_v, w_ca, 
         i = T - 1 - t  # last iteration first
         g_cur = g0 + (t % 2) * L * D
         g_next = g0 + ((t + 1) % 2) * L * D
-        zero_rows(g_next, L, D, BL, BD)
+        zero_rows(g_next, L, D, 0, 1, BL, BD)
         tl.debug_barrier()
         src_a = xa_it + (i * B + b) * na
         src_v = xv_it + (i * B + b) * nv
@@ -229,8 +229,8 @@ def _jca_bwd_kernel(grad_xa, grad_xv, xa_it, xv_it, w_ja, w_jv, w_a, w_v, w_ca, 
                       L, DV, DA, D, K, scale, BL, BK, BM, BD, PREC)
         tl.debug_barrier()
     g_fin = g0 + (T % 2) * L * D
-    copy_cols(g_fin, gxa + b * na, L, D, DA, 0, 0, DA, BL, BD)
-    copy_cols(g_fin, gxv + b * nv, L, D, DV, DA, 0, DV, BL, BD)
+    copy_cols(g_fin, gxa + b * na, L, D, DA, 0, 0, DA, 0, 1, BL, BD)
+    copy_cols(g_fin, gxv + b * nv, L, D, DV, DA, 0, DV, 0, 1, BL, BD)
 
 
 @triton_op("rja::triton_jca_forward", mutates_args=())

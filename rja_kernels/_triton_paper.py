@@ -28,16 +28,27 @@ The weight gradients are sums over the batch of products the kernel already has 
 weight reduces them over `B·L` (and `T` for shared weights) after the launch: deterministic (no
 atomics), and far smaller than per-program partial weight gradients (`B·|w_h|` floats here).
 
-Workspaces: per program, in the input dtype, `P`, `Q` and (forward) `H` of both modalities,
+Several programs per sample (`SPLIT`, `choose_split`: at the paper size B = 64 leaves half of an
+H100's or H200's 132 SMs idle with one): a sample's programs share each pass's tiles (program `s`
+takes tiles `s, s + SPLIT, ...`) and meet at `sample_barrier` between the passes. Every tile of
+the forward is one program's, computed as with one program per sample: the same bits. In the
+backward the only sum across programs is `dJ`'s over the row tiles of `C`: each program adds its
+row tiles into its own `[L, D]` float32 partial, and `_grad_x_q`, past the barrier that ends that
+pass, adds the `SPLIT` partials in program order (no atomics: the same bits on every run, one program per
+sample's up to the order of that sum). `RJA_TRITON_SPLIT=S` forces `S` (0: the heuristic).
+
+Workspaces: per sample, in the input dtype, `P`, `Q` and (forward) `H` of both modalities,
 rounded there as a matmul in that dtype rounds them; in float32, the rebuilt `G` (then `dG` in its
-place) and two `[L, d]` gradient buffers ping-ponged across iterations. Every gradient tile stays in
-float32 into the products it feeds (`dot_f32`): rounded to float16 there, `dG` and `dS` alone put
-`dw_j` at L = 1 four times past the rule.
+place), two `[L, d]` gradient buffers ping-ponged across iterations and the `dJ` partials. Every
+gradient tile stays in float32 into the products it feeds (`dot_f32`): rounded to float16 there,
+`dG` and `dS` alone put `dw_j` at L = 1 four times past the rule.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 
 import torch
 import triton
@@ -46,6 +57,7 @@ from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
 from rja_kernels._triton_common import (
+    INTERPRETED,
     acc_store,
     arange,
     cast,
@@ -58,6 +70,7 @@ from rja_kernels._triton_common import (
     load_j_tile,
     pad16,
     prune_by_length,
+    sample_barrier,
     tanh,
     tanh_and_grad,
     tile_configs,
@@ -81,13 +94,15 @@ def _act(g, H_TANH: tl.constexpr, dt: tl.constexpr):
 
 
 @device_fn
-def _prep(x, w_j, w_c, p_dst, q_dst, L, DM, BL: tl.constexpr, BM: tl.constexpr, PREC: tl.constexpr):
-    """`P = x^T w_j` `[DM, L]` and `Q = x w_c` `[L, DM]` of one modality into the workspace."""
+def _prep(x, w_j, w_c, p_dst, q_dst, L, DM, s, SPLIT: tl.constexpr,
+          BL: tl.constexpr, BM: tl.constexpr, PREC: tl.constexpr):
+    """`P = x^T w_j` `[DM, L]` and `Q = x w_c` `[L, DM]` of one modality into the workspace; this
+    program's share: row tiles `s, s + SPLIT, ...` of `P` (columns of `Q`)."""
     dt = x.dtype.element_ty
     offs_l = arange(BL)
     ml = offs_l < L
     wj = tl.load(w_j + offs_l[:, None] * L + offs_l[None, :], mask=ml[:, None] & ml[None, :], other=0.0)
-    for r0 in range(0, DM, BM):
+    for r0 in range(s * BM, DM, SPLIT * BM):
         rows = r0 + arange(BM)
         mr = rows < DM
         xt = tl.load(x + offs_l[None, :] * DM + rows[:, None], mask=mr[:, None] & ml[None, :], other=0.0)
@@ -104,16 +119,16 @@ def _prep(x, w_j, w_c, p_dst, q_dst, L, DM, BL: tl.constexpr, BM: tl.constexpr, 
 
 
 @device_fn
-def _attention_map(p_src, q_src, ja, jv, dst, L, DM, DA, D, scale,
-                   H_TANH: tl.constexpr, STORE_G: tl.constexpr,
+def _attention_map(p_src, q_src, ja, jv, dst, L, DM, DA, D, scale, s,
+                   H_TANH: tl.constexpr, STORE_G: tl.constexpr, SPLIT: tl.constexpr,
                    BL: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
     """`G = Q @ C` column tile by column tile, each streaming over row tiles of `C`, which are
     rebuilt from `P` and `J` and never stored. Writes `H = act(G)` (input dtype, forward) or `G`
-    (float32, backward) to `dst [L, D]`."""
+    (float32, backward) to `dst [L, D]`; this program's share: column tiles `s, s + SPLIT, ...`."""
     dt = ja.dtype.element_ty
     offs_l = arange(BL)
     ml = offs_l < L
-    for c0 in range(0, D, BD):
+    for c0 in range(s * BD, D, SPLIT * BD):
         cols = c0 + arange(BD)
         jt = load_j_tile(ja, jv, offs_l, cols, L, DA, D)
         g = tl.zeros((BL, BD), tl.float32)
@@ -159,12 +174,13 @@ def _update_u(h_src, w_h, u0, L, DM, D, dt: tl.constexpr, FROM_G: tl.constexpr, 
 
 
 @device_fn
-def _residual(h_src, w_h, x, dst, L, DM, D, OUT_RELU: tl.constexpr,
+def _residual(h_src, w_h, x, dst, L, DM, D, s, OUT_RELU: tl.constexpr, SPLIT: tl.constexpr,
               BL: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
-    """`x' = x + U` (or `x + relu(U)`), `U = H @ w_h`, tile by tile of `DM`."""
+    """`x' = x + U` (or `x + relu(U)`), `U = H @ w_h`, tile by tile of `DM`; this program's
+    share: tiles `s, s + SPLIT, ...`."""
     dt = x.dtype.element_ty
     offs_l = arange(BL)
-    for u0 in range(0, DM, BM):
+    for u0 in range(s * BM, DM, SPLIT * BM):
         ucols = u0 + arange(BM)
         m = (offs_l[:, None] < L) & (ucols[None, :] < DM)
         u = _update_u(h_src, w_h, u0, L, DM, D, dt, False, False, BL, BM, BD, PREC)
@@ -175,31 +191,36 @@ def _residual(h_src, w_h, x, dst, L, DM, D, OUT_RELU: tl.constexpr,
         tl.store(dst + offs, cast(xm.to(tl.float32) + u, dt), mask=m)
 
 
-@triton.autotune(configs=_FWD_CONFIGS, key=["L", "DA", "DV", "T"],
+@triton.autotune(configs=_FWD_CONFIGS, key=["L", "DA", "DV", "T", "SPLIT"],
                  prune_configs_by={"early_config_prune": prune_by_length})
 @triton.jit(do_not_specialize=["B", "T", "W_PER_ITER"])
-def _paper_fwd_kernel(xa, xv, w_ja, w_jv, w_ca, w_cv, w_ha, w_hv, xa_out, xv_out, xa_it, xv_it, ws,
+def _paper_fwd_kernel(xa, xv, w_ja, w_jv, w_ca, w_cv, w_ha, w_hv, xa_out, xv_out, xa_it, xv_it, ws, counter,
                       B, T, W_PER_ITER, L, DA, DV, scale,
                       H_TANH: tl.constexpr, OUT_RELU: tl.constexpr, BL: tl.constexpr, PREC: tl.constexpr,
-                      BM: tl.constexpr, BD: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
+                      SPLIT: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):
+    pid = tl.program_id(0)
+    b = (pid // SPLIT).to(tl.int64)  # the sample; its SPLIT programs share its workspace
+    s = pid % SPLIT
+    cnt = counter + b
     D = DA + DV
     na = L * DA
     nv = L * DV
-    # This program's workspace (input dtype): P_a, Q_a, P_v, Q_v, H_a, H_v.
+    # The sample's workspace (input dtype): P_a, Q_a, P_v, Q_v, H_a, H_v.
     p_a = ws + b * 4 * L * D
     q_a = p_a + na
     p_v = q_a + na
     q_v = p_v + nv
     h_a = q_v + nv
     h_v = h_a + L * D
-    # Iteration 0's input is the operator's input: copy it into the saved-features buffer.
-    copy_rows(xa + b * na, xa_it + b * na, L, DA, BL, BD)
-    copy_rows(xv + b * nv, xv_it + b * nv, L, DV, BL, BD)
-    tl.debug_barrier()
+    # Iteration 0 reads the operator's input, which also goes to the saved-features buffer.
+    copy_rows(xa + b * na, xa_it + b * na, L, DA, s, SPLIT, BL, BD)
+    copy_rows(xv + b * nv, xv_it + b * nv, L, DV, s, SPLIT, BL, BD)
     for i in range(T):
         src_a = xa_it + (i * B + b) * na
         src_v = xv_it + (i * B + b) * nv
+        if i == 0:
+            src_a = xa + b * na
+            src_v = xv + b * nv
         if i + 1 < T:
             dst_a = xa_it + ((i + 1) * B + b) * na
             dst_v = xv_it + ((i + 1) * B + b) * nv
@@ -207,25 +228,26 @@ def _paper_fwd_kernel(xa, xv, w_ja, w_jv, w_ca, w_cv, w_ha, w_hv, xa_out, xv_out
             dst_a = xa_out + b * na
             dst_v = xv_out + b * nv
         wi = i * W_PER_ITER  # 0 when one weight set is shared by every iteration
-        _prep(src_a, w_ja + wi * L * L, w_ca + wi * DA * DA, p_a, q_a, L, DA, BL, BM, PREC)
-        _prep(src_v, w_jv + wi * L * L, w_cv + wi * DV * DV, p_v, q_v, L, DV, BL, BM, PREC)
-        tl.debug_barrier()
-        _attention_map(p_a, q_a, src_a, src_v, h_a, L, DA, DA, D, scale, H_TANH, False, BL, BM, BD, PREC)
-        _attention_map(p_v, q_v, src_a, src_v, h_v, L, DV, DA, D, scale, H_TANH, False, BL, BM, BD, PREC)
-        tl.debug_barrier()
-        _residual(h_a, w_ha + wi * D * DA, src_a, dst_a, L, DA, D, OUT_RELU, BL, BM, BD, PREC)
-        _residual(h_v, w_hv + wi * D * DV, src_v, dst_v, L, DV, D, OUT_RELU, BL, BM, BD, PREC)
+        _prep(src_a, w_ja + wi * L * L, w_ca + wi * DA * DA, p_a, q_a, L, DA, s, SPLIT, BL, BM, PREC)
+        _prep(src_v, w_jv + wi * L * L, w_cv + wi * DV * DV, p_v, q_v, L, DV, s, SPLIT, BL, BM, PREC)
+        sample_barrier(cnt, (3 * i + 1) * SPLIT, SPLIT)
+        _attention_map(p_a, q_a, src_a, src_v, h_a, L, DA, DA, D, scale, s, H_TANH, False, SPLIT, BL, BM, BD, PREC)
+        _attention_map(p_v, q_v, src_a, src_v, h_v, L, DV, DA, D, scale, s, H_TANH, False, SPLIT, BL, BM, BD, PREC)
+        sample_barrier(cnt, (3 * i + 2) * SPLIT, SPLIT)
+        _residual(h_a, w_ha + wi * D * DA, src_a, dst_a, L, DA, D, s, OUT_RELU, SPLIT, BL, BM, BD, PREC)
+        _residual(h_v, w_hv + wi * D * DV, src_v, dst_v, L, DV, D, s, OUT_RELU, SPLIT, BL, BM, BD, PREC)
         # Iteration i + 1 reads every row iteration i wrote (J couples all of them).
-        tl.debug_barrier()
+        sample_barrier(cnt, (3 * i + 3) * SPLIT, SPLIT)
 
 
 @device_fn
-def _grad_u(g_src, w_h, g_cur, COL0, gu_dst, L, DM, D, H_TANH: tl.constexpr, OUT_RELU: tl.constexpr,
-            BL: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
-    """`dU = dx'` (or `dx' * [U > 0]` with `out_relu`, rebuilding `U` from `G`) into `gu_dst [L, DM]`."""
+def _grad_u(g_src, w_h, g_cur, COL0, gu_dst, L, DM, D, s, H_TANH: tl.constexpr, OUT_RELU: tl.constexpr,
+            SPLIT: tl.constexpr, BL: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+    """`dU = dx'` (or `dx' * [U > 0]` with `out_relu`, rebuilding `U` from `G`) into `gu_dst [L, DM]`;
+    this program's share: tiles `s, s + SPLIT, ...` of `DM`."""
     dt = w_h.dtype.element_ty
     offs_l = arange(BL)
-    for u0 in range(0, DM, BM):
+    for u0 in range(s * BM, DM, SPLIT * BM):
         ucols = u0 + arange(BM)
         m = (offs_l[:, None] < L) & (ucols[None, :] < DM)
         gu = tl.load(g_cur + offs_l[:, None] * D + COL0 + ucols[None, :], mask=m, other=0.0)
@@ -236,14 +258,14 @@ def _grad_u(g_src, w_h, g_cur, COL0, gu_dst, L, DM, D, H_TANH: tl.constexpr, OUT
 
 
 @device_fn
-def _grad_g(g_buf, w_h, gu_src, h_save, L, DM, D, H_TANH: tl.constexpr,
+def _grad_g(g_buf, w_h, gu_src, h_save, L, DM, D, s, H_TANH: tl.constexpr, SPLIT: tl.constexpr,
             BL: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
     """`dG = (dU @ w_h^T) * relu'(A)` (times `tanh'(G)` with `h_tanh`, `A = tanh(G)`) over `G` in
     `g_buf` (each element is stored from its own load), and `H = relu(A)` into `h_save` for the
-    weight gradient `H^T dU`, both float32."""
+    weight gradient `H^T dU`, both float32; this program's share: column tiles `s, s + SPLIT, ...`."""
     offs_l = arange(BL)
     ml = offs_l < L
-    for c0 in range(0, D, BD):
+    for c0 in range(s * BD, D, SPLIT * BD):
         cols = c0 + arange(BD)
         mc = cols < D
         gh = tl.zeros((BL, BD), tl.float32)
@@ -267,14 +289,16 @@ def _grad_g(g_buf, w_h, gu_src, h_save, L, DM, D, H_TANH: tl.constexpr,
 
 
 @device_fn
-def _grad_c(p_src, q_src, gg_src, ja, jv, w_j, g_cur, g_next, COL0, gq_save, gp_save, L, DM, DA, D, scale,
-            BL: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
-    """Second visit of every tile of `C` (row tile outer): `dQ`, `dP^T` (saved, float32), `dJ` and
-    the residual plus `w_j @ dP^T` part of `dx`, both added into `g_next [L, D]`."""
+def _grad_c(p_src, q_src, gg_src, ja, jv, w_j, g_cur, g_next, g_join, COL0, gq_save, gp_save, L, DM, DA, D,
+            scale, s, SPLIT: tl.constexpr, BL: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+    """Second visit of every tile of `C` (row tile outer): `dQ`, `dP^T` (saved, float32), `dJ` into
+    `g_join [L, D]` (`g_next` itself for one program per sample, else this program's partial sum,
+    which `_grad_x_q` adds), and the residual plus `w_j @ dP^T` part of `dx` into `g_next`; this
+    program's share: row tiles `s, s + SPLIT, ...`."""
     offs_l = arange(BL)
     ml = offs_l < L
     wj = tl.load(w_j + offs_l[:, None] * L + offs_l[None, :], mask=ml[:, None] & ml[None, :], other=0.0)
-    for r0 in range(0, DM, BM):
+    for r0 in range(s * BM, DM, SPLIT * BM):
         rows = r0 + arange(BM)
         mr = rows < DM
         p = tl.load(p_src + rows[:, None] * L + offs_l[None, :], mask=mr[:, None] & ml[None, :], other=0.0)
@@ -290,7 +314,7 @@ def _grad_c(p_src, q_src, gg_src, ja, jv, w_j, g_cur, g_next, COL0, gq_save, gp_
             gq = dot_f32(gg, tl.trans(c), gq, PREC)
             gs = dot_f32(q_t, gg, None, PREC) * dc * scale  # dS [BM, BD]
             gp = dot_f32(gs, tl.trans(jt), gp, PREC)
-            acc_store(g_next + offs_l[:, None] * D + cols[None, :], dot_f32(tl.trans(p), gs, None, PREC), m, True)
+            acc_store(g_join + offs_l[:, None] * D + cols[None, :], dot_f32(tl.trans(p), gs, None, PREC), m, True)
             # The partial sums above are read back by the next row tile: make them visible.
             tl.debug_barrier()
         m = ml[:, None] & mr[None, :]
@@ -305,14 +329,21 @@ def _grad_c(p_src, q_src, gg_src, ja, jv, w_j, g_cur, g_next, COL0, gq_save, gp_
 
 
 @device_fn
-def _grad_x_q(gq_src, w_c, g_next, COL0, L, DM, D, BL: tl.constexpr, BM: tl.constexpr, PREC: tl.constexpr):
-    """`dx += dQ @ w_c^T` into `g_next[:, COL0:COL0+DM]`."""
+def _grad_x_q(gq_src, w_c, g_next, partials, COL0, L, DM, D, s, SPLIT: tl.constexpr,
+              BL: tl.constexpr, BM: tl.constexpr, PREC: tl.constexpr):
+    """`dx += dQ @ w_c^T` into `g_next[:, COL0:COL0+DM]`, for several programs per sample plus the
+    sum of their `dJ` partials (`partials [SPLIT, L, D]`, added in program order) over the same
+    columns; this program's share: tiles `s, s + SPLIT, ...` of `DM`."""
     offs_l = arange(BL)
     ml = offs_l < L
-    for r0 in range(0, DM, BM):
+    for r0 in range(s * BM, DM, SPLIT * BM):
         rows = r0 + arange(BM)
         mr = rows < DM
         acc = tl.zeros((BL, BM), tl.float32)
+        if SPLIT > 1:
+            for p in range(SPLIT):
+                acc += tl.load(partials + p * L * D + offs_l[:, None] * D + COL0 + rows[None, :],
+                               mask=ml[:, None] & mr[None, :], other=0.0)
         for k0 in range(0, DM, BM):
             ks = k0 + arange(BM)
             mk = ks < DM
@@ -322,36 +353,49 @@ def _grad_x_q(gq_src, w_c, g_next, COL0, L, DM, D, BL: tl.constexpr, BM: tl.cons
         acc_store(g_next + offs_l[:, None] * D + COL0 + rows[None, :], acc, ml[:, None] & mr[None, :], True)
 
 
-@triton.autotune(configs=_BWD_CONFIGS, key=["L", "DA", "DV", "T"],
+@triton.autotune(configs=_BWD_CONFIGS, key=["L", "DA", "DV", "T", "SPLIT"],
                  prune_configs_by={"early_config_prune": prune_by_length})
 @triton.jit(do_not_specialize=["B", "T", "TW"])
-def _paper_bwd_kernel(grad_xa, grad_xv, xa_it, xv_it, w_ja, w_jv, w_ca, w_cv, w_ha, w_hv, gxa, gxv, ws, fs,
+def _paper_bwd_kernel(grad_xa, grad_xv, xa_it, xv_it, w_ja, w_jv, w_ca, w_cv, w_ha, w_hv, gxa, gxv, ws, fs, counter,
                       h_sa, h_sv, gu_sa, gu_sv, gq_sa, gq_sv, gp_sa, gp_sv,
                       B, T, TW, L, DA, DV, scale,
                       H_TANH: tl.constexpr, OUT_RELU: tl.constexpr, BL: tl.constexpr, PREC: tl.constexpr,
-                      BM: tl.constexpr, BD: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
+                      SPLIT: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):
+    pid = tl.program_id(0)
+    b = (pid // SPLIT).to(tl.int64)  # the sample; its SPLIT programs share its workspaces
+    s = pid % SPLIT
+    cnt = counter + b
     D = DA + DV
     na = L * DA
     nv = L * DV
     nd = L * D
-    # Workspaces of this program. Input dtype: P_a, Q_a, P_v, Q_v.
+    # Workspaces of the sample. Input dtype: P_a, Q_a, P_v, Q_v.
     p_a = ws + b * 2 * nd
     q_a = p_a + na
     p_v = q_a + na
     q_v = p_v + nv
     # float32: two [L, D] gradient buffers ping-ponged across iterations, then G_a, G_v (each
-    # overwritten by its dG, as G is not read after).
-    g0 = fs + b * 4 * nd
+    # overwritten by its dG, as G is not read after), then with SPLIT > 1 one dJ partial sum per
+    # program.
+    fs_per_sample = 4 * nd
+    if SPLIT > 1:
+        fs_per_sample += SPLIT * nd
+    g0 = fs + b * fs_per_sample
     g_a = g0 + 2 * nd
     g_v = g_a + nd
-    copy_cols(grad_xa + b * na, g0, L, DA, D, 0, 0, DA, BL, BD)
-    copy_cols(grad_xv + b * nv, g0, L, DV, D, 0, DA, DV, BL, BD)
+    partials = g_v + nd
+    copy_cols(grad_xa + b * na, g0, L, DA, D, 0, 0, DA, s, SPLIT, BL, BD)
+    copy_cols(grad_xv + b * nv, g0, L, DV, D, 0, DA, DV, s, SPLIT, BL, BD)
     for t in range(T):
         i = T - 1 - t  # last iteration first
         g_cur = g0 + (t % 2) * nd
         g_next = g0 + ((t + 1) % 2) * nd
-        zero_rows(g_next, L, D, BL, BD)
+        zero_rows(g_next, L, D, s, SPLIT, BL, BD)
+        if SPLIT > 1:
+            g_join = partials + s * nd
+            zero_rows(g_join, L, D, 0, 1, BL, BD)
+        else:
+            g_join = g_next
         src_a = xa_it + (i * B + b) * na
         src_v = xv_it + (i * B + b) * nv
         wi = tl.where(TW == 1, 0, i)
@@ -365,29 +409,85 @@ def _paper_bwd_kernel(grad_xa, grad_xv, xa_it, xv_it, w_ja, w_jv, w_ca, w_cv, w_
         s_d = (i * B + b) * nd
         s_a = (i * B + b) * na
         s_v = (i * B + b) * nv
-        _prep(src_a, wja, wca, p_a, q_a, L, DA, BL, BM, PREC)
-        _prep(src_v, wjv, wcv, p_v, q_v, L, DV, BL, BM, PREC)
-        tl.debug_barrier()
-        _attention_map(p_a, q_a, src_a, src_v, g_a, L, DA, DA, D, scale, H_TANH, True, BL, BM, BD, PREC)
-        _attention_map(p_v, q_v, src_a, src_v, g_v, L, DV, DA, D, scale, H_TANH, True, BL, BM, BD, PREC)
-        tl.debug_barrier()
-        _grad_u(g_a, wha, g_cur, 0, gu_sa + s_a, L, DA, D, H_TANH, OUT_RELU, BL, BM, BD, PREC)
-        _grad_u(g_v, whv, g_cur, DA, gu_sv + s_v, L, DV, D, H_TANH, OUT_RELU, BL, BM, BD, PREC)
-        tl.debug_barrier()
-        _grad_g(g_a, wha, gu_sa + s_a, h_sa + s_d, L, DA, D, H_TANH, BL, BM, BD, PREC)
-        _grad_g(g_v, whv, gu_sv + s_v, h_sv + s_d, L, DV, D, H_TANH, BL, BM, BD, PREC)
-        tl.debug_barrier()
-        _grad_c(p_a, q_a, g_a, src_a, src_v, wja, g_cur, g_next, 0, gq_sa + s_a, gp_sa + s_a,
-                L, DA, DA, D, scale, BL, BM, BD, PREC)
-        _grad_c(p_v, q_v, g_v, src_a, src_v, wjv, g_cur, g_next, DA, gq_sv + s_v, gp_sv + s_v,
-                L, DV, DA, D, scale, BL, BM, BD, PREC)
-        tl.debug_barrier()
-        _grad_x_q(gq_sa + s_a, wca, g_next, 0, L, DA, D, BL, BM, PREC)
-        _grad_x_q(gq_sv + s_v, wcv, g_next, DA, L, DV, D, BL, BM, PREC)
-        tl.debug_barrier()
+        _prep(src_a, wja, wca, p_a, q_a, L, DA, s, SPLIT, BL, BM, PREC)
+        _prep(src_v, wjv, wcv, p_v, q_v, L, DV, s, SPLIT, BL, BM, PREC)
+        sample_barrier(cnt, (6 * t + 1) * SPLIT, SPLIT)
+        _attention_map(p_a, q_a, src_a, src_v, g_a, L, DA, DA, D, scale, s, H_TANH, True, SPLIT, BL, BM, BD, PREC)
+        _attention_map(p_v, q_v, src_a, src_v, g_v, L, DV, DA, D, scale, s, H_TANH, True, SPLIT, BL, BM, BD, PREC)
+        sample_barrier(cnt, (6 * t + 2) * SPLIT, SPLIT)
+        _grad_u(g_a, wha, g_cur, 0, gu_sa + s_a, L, DA, D, s, H_TANH, OUT_RELU, SPLIT, BL, BM, BD, PREC)
+        _grad_u(g_v, whv, g_cur, DA, gu_sv + s_v, L, DV, D, s, H_TANH, OUT_RELU, SPLIT, BL, BM, BD, PREC)
+        sample_barrier(cnt, (6 * t + 3) * SPLIT, SPLIT)
+        _grad_g(g_a, wha, gu_sa + s_a, h_sa + s_d, L, DA, D, s, H_TANH, SPLIT, BL, BM, BD, PREC)
+        _grad_g(g_v, whv, gu_sv + s_v, h_sv + s_d, L, DV, D, s, H_TANH, SPLIT, BL, BM, BD, PREC)
+        sample_barrier(cnt, (6 * t + 4) * SPLIT, SPLIT)
+        _grad_c(p_a, q_a, g_a, src_a, src_v, wja, g_cur, g_next, g_join, 0, gq_sa + s_a, gp_sa + s_a,
+                L, DA, DA, D, scale, s, SPLIT, BL, BM, BD, PREC)
+        _grad_c(p_v, q_v, g_v, src_a, src_v, wjv, g_cur, g_next, g_join, DA, gq_sv + s_v, gp_sv + s_v,
+                L, DV, DA, D, scale, s, SPLIT, BL, BM, BD, PREC)
+        sample_barrier(cnt, (6 * t + 5) * SPLIT, SPLIT)
+        _grad_x_q(gq_sa + s_a, wca, g_next, partials, 0, L, DA, D, s, SPLIT, BL, BM, PREC)
+        _grad_x_q(gq_sv + s_v, wcv, g_next, partials, DA, L, DV, D, s, SPLIT, BL, BM, PREC)
+        sample_barrier(cnt, (6 * t + 6) * SPLIT, SPLIT)
     g_fin = g0 + (T % 2) * nd
-    copy_cols(g_fin, gxa + b * na, L, D, DA, 0, 0, DA, BL, BD)
-    copy_cols(g_fin, gxv + b * nv, L, D, DV, DA, 0, DV, BL, BD)
+    copy_cols(g_fin, gxa + b * na, L, D, DA, 0, 0, DA, s, SPLIT, BL, BD)
+    copy_cols(g_fin, gxv + b * nv, L, D, DV, DA, 0, DV, s, SPLIT, BL, BD)
+
+
+SPLIT_ENV = "RJA_TRITON_SPLIT"
+# The interpreter's notional device: programs it lets one launch hold at once (its threads could
+# hold any number; the bound keeps the capacity check tested).
+INTERPRETER_RESIDENT_PROGRAMS = 8
+# A program's share of a phase is whole tiles of at most this many features (BM, BD <= 128).
+_SPLIT_TILE = 64
+
+
+def choose_split(batch: int, resident: int, dm_min: int) -> int:
+    """Programs per sample: as many as the `resident` programs hold for the whole batch at one
+    program per SM (a launch whose programs wait on each other must have them all resident; Triton
+    gives no occupancy query before the autotuner has compiled), and at most one per 64-feature
+    tile of the smaller modality, the unit of the phases they share. 1 where B fills the device."""
+    if batch <= 0:
+        return 1
+    return max(1, min(resident // batch, -(-dm_min // _SPLIT_TILE)))
+
+
+def resident_programs(device: torch.device) -> int:
+    """Programs of one launch that are sure to be resident together: one per SM."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return INTERPRETER_RESIDENT_PROGRAMS
+
+
+def split_for(batch: int, dm_min: int, device: torch.device) -> int:
+    """Programs per sample for this launch: `RJA_TRITON_SPLIT` where set to S > 0 (to compare
+    launch shapes on a device), else `choose_split`; refused where the grid would not be resident."""
+    resident = resident_programs(device)
+    forced = os.environ.get(SPLIT_ENV, "")
+    if not forced.isdigit() or len(forced) > 7:
+        if forced:
+            raise ValueError(f"{SPLIT_ENV} must be a non-negative integer, got {forced!r}")
+        forced = "0"
+    split = int(forced) or choose_split(batch, resident, dm_min)
+    if split > 1 and batch * split > resident:
+        raise RuntimeError(f"{SPLIT_ENV}={split} needs B * split = {batch * split} co-resident programs; "
+                           f"the device holds {resident}")
+    return split
+
+
+def _arrival_counters(batch: int, split: int, device: torch.device) -> Tensor:
+    """`sample_barrier`'s counters, one per sample, zero (unused, one int, for one program per sample)."""
+    if split == 1:
+        return torch.empty(1, dtype=torch.int32, device=device)
+    return torch.zeros(batch, dtype=torch.int32, device=device)
+
+
+def _co_resident(split: int):
+    """The interpreter runs programs that wait on each other as threads (`_triton_cooperative`)."""
+    if INTERPRETED and split > 1:
+        from rja_kernels._triton_cooperative import cooperative_programs
+        return cooperative_programs()
+    return contextlib.nullcontext()
 
 
 @triton_op("rja::triton_paper_forward", mutates_args=())
@@ -405,11 +505,13 @@ def triton_paper_forward(
     xa_it = xa.new_empty((iterations, b, seq, da))
     xv_it = xv.new_empty((iterations, b, seq, dv))
     if b > 0:
+        split = split_for(b, min(da, dv), xa.device)
         ws = xa.new_empty((b, 4 * seq * (da + dv)))
-        wrap_triton(_paper_fwd_kernel)[(b,)](
-            xa, xv, *weights, xa_out, xv_out, xa_it, xv_it, ws,
-            b, iterations, int(tw > 1), seq, da, dv, 1.0 / math.sqrt(da + dv),
-            H_TANH=h_tanh, OUT_RELU=out_relu, BL=pad16(seq), PREC=dot_precision(xa.dtype))
+        with _co_resident(split):
+            wrap_triton(_paper_fwd_kernel)[(b * split,)](
+                xa, xv, *weights, xa_out, xv_out, xa_it, xv_it, ws, _arrival_counters(b, split, xa.device),
+                b, iterations, int(tw > 1), seq, da, dv, 1.0 / math.sqrt(da + dv),
+                H_TANH=h_tanh, OUT_RELU=out_relu, BL=pad16(seq), PREC=dot_precision(xa.dtype), SPLIT=split)
     return xa_out, xv_out, xa_it, xv_it
 
 
@@ -448,13 +550,16 @@ def triton_paper_backward(
     saved_a = [torch.empty((t, b, seq, da), **f32) for _ in range(3)]  # dU, dQ, dP^T
     saved_v = [torch.empty((t, b, seq, dv), **f32) for _ in range(3)]
     if b > 0:
+        split = split_for(b, min(da, dv), grad_xa.device)
         ws = grad_xa.new_empty((b, 2 * seq * d))
-        fs = torch.empty((b, 4 * seq * d), **f32)
-        wrap_triton(_paper_bwd_kernel)[(b,)](
-            grad_xa, grad_xv, xa_iters, xv_iters, *weights, gxa, gxv, ws, fs, h_a, h_v,
-            saved_a[0], saved_v[0], saved_a[1], saved_v[1], saved_a[2], saved_v[2],
-            b, t, tw, seq, da, dv, 1.0 / math.sqrt(d),
-            H_TANH=h_tanh, OUT_RELU=out_relu, BL=pad16(seq), PREC=dot_precision(grad_xa.dtype))
+        fs = torch.empty((b, (4 + (split if split > 1 else 0)) * seq * d), **f32)  # + the dJ partials
+        with _co_resident(split):
+            wrap_triton(_paper_bwd_kernel)[(b * split,)](
+                grad_xa, grad_xv, xa_iters, xv_iters, *weights, gxa, gxv, ws, fs,
+                _arrival_counters(b, split, grad_xa.device), h_a, h_v,
+                saved_a[0], saved_v[0], saved_a[1], saved_v[1], saved_a[2], saved_v[2],
+                b, t, tw, seq, da, dv, 1.0 / math.sqrt(d),
+                H_TANH=h_tanh, OUT_RELU=out_relu, BL=pad16(seq), PREC=dot_precision(grad_xa.dtype), SPLIT=split)
     gw_ja, gw_ca, gw_ha = _weight_grads(xa_iters, saved_a[2], saved_a[1], h_a, saved_a[0], tw)
     gw_jv, gw_cv, gw_hv = _weight_grads(xv_iters, saved_v[2], saved_v[1], h_v, saved_v[0], tw)
     grads = (gw_ja, gw_jv, gw_ca, gw_cv, gw_ha, gw_hv)

@@ -55,6 +55,27 @@ def low_precision_tolerance(ref_low: Tensor, ref_exact: Tensor, factor: float = 
     return factor * own_error + 2 * rounding + floor
 
 
+def assert_near_reordered_sum(name: str, one: Tensor, many: Tensor, dtype: torch.dtype, terms: int) -> None:
+    """`many` (several programs or blocks per sample) is `one` (one per sample) up to the order of
+    float32 sums of `terms` terms: the split sums the same terms, associated otherwise (program p
+    sums tiles p, p + S, ..., then the S partials are added). Two orders of such a sum stay within
+    (n - 1) eps32 sum|terms| of the exact sum, so they differ by at most about 2 (n - 1) eps32 times
+    the sums' magnitude. Such a difference enters at every iteration, forward and backward, and is
+    carried through O(1) gains: allowed, 4 n eps32 max|result| (measured on the CUDA emulator: up to
+    4.3 eps32 max|result| at n = 13, T = 2; 3.1 at n = 3, T = 3). In float16/bfloat16 it can move a
+    rounding to the dtype by one ulp of an element, so eps(dtype) max|result| is added (measured:
+    at most 0.1 of that)."""
+    assert one.dtype == many.dtype and one.shape == many.shape, name
+    if not one.numel():
+        return
+    scale = one.double().abs().max().item()
+    tol = scale * 4 * terms * torch.finfo(torch.float32).eps
+    if dtype != torch.float32:
+        tol += scale * torch.finfo(dtype).eps
+    err = (many.double() - one.double()).abs().max().item()
+    assert err <= tol, f"{name}: S > 1 differs from S = 1 by {err:.3g} > {tol:.3g}"
+
+
 class Fusion(torch.nn.Module):
     """A small module around an operator, for torch.compile tests."""
 

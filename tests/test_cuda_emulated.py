@@ -21,7 +21,7 @@ import torch
 
 from rja_kernels import cuda
 from rja_kernels.backends import BackendUnavailableError, get_backend
-from rja_kernels.testing import call_operator, low_precision_tolerance, make_inputs
+from rja_kernels.testing import assert_near_reordered_sum, call_operator, low_precision_tolerance, make_inputs
 
 PAPER, JCA = "recursive_joint_attention", "joint_cross_attention"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -205,26 +205,6 @@ def _paper_runs(inp, iterations, config, splits, options, grads_out=None):
     return runs
 
 
-def _near_one_block(name, one, many, dtype, tiles):
-    # S blocks sum the same column tiles' terms of U, gQ and gP as one block, associated otherwise
-    # (block p sums tiles p, p + S, ..., then the S partials are added): two orders of a float32 sum
-    # of n = tiles terms each stay within (n - 1) eps32 sum|terms| of the exact sum, so they differ
-    # by at most about 2 (n - 1) eps32 times the sums' magnitude. Such a difference enters at every
-    # iteration, forward and backward, and is carried through O(1) gains: allow 4 n eps32
-    # max|result| (measured: up to 4.3 eps32 max|result| at n = 13, T = 2; 3.1 at n = 3, T = 3).
-    # In float16/bfloat16 it can move a rounding to the dtype by one ulp of an element, so add
-    # eps(dtype) max|result| (measured: at most 0.1 of that).
-    assert one.dtype == many.dtype and one.shape == many.shape, name
-    if not one.numel():
-        return
-    scale = one.double().abs().max().item()
-    tol = scale * 4 * tiles * torch.finfo(torch.float32).eps
-    if dtype != torch.float32:
-        tol += scale * torch.finfo(dtype).eps
-    err = (many.double() - one.double()).abs().max().item()
-    assert err <= tol, f"{name}: S > 1 differs from S = 1 by {err:.3g} > {tol:.3g}"
-
-
 @pytest.mark.parametrize("config", SPLIT_SHAPES, ids=["default", "ragged"])
 @pytest.mark.parametrize("split", SPLITS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -246,7 +226,7 @@ def test_paper_split_meets_the_rule_is_deterministic_and_near_one_block(dtype, s
     tiles = -(-(24 + 40) // config.get("cols", cuda.EMULATED_CONFIG["cols"]))
     for name, a, b, c in zip(names, one, many, again):
         assert torch.equal(b, c), f"{name}: two runs with S = {split} differ"
-        _near_one_block(name, a, b, dtype, tiles)
+        assert_near_reordered_sum(name, a, b, dtype, tiles)
 
 
 def test_paper_heuristic_split_is_near_the_lone_blocks_result():
@@ -260,7 +240,7 @@ def test_paper_heuristic_split_is_near_the_lone_blocks_result():
     chosen, again, one = _paper_runs(inp, 3, {"cols": 16}, (0, 0, 1), {"out_relu": True})
     for a, b, c in zip(one, chosen, again):
         assert torch.equal(b, c)
-        _near_one_block("heuristic", a, b, torch.float32, 3)
+        assert_near_reordered_sum("heuristic", a, b, torch.float32, 3)
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,9 @@ cuobjdump; no GPU needed), through benchmarks/triton_registers.py in a fresh pro
 Triton's interpreter). At the "long" benchmark size (L = 64) every float32 candidate of the usual
 tile sizes keeps 1-10 KB per thread on the stack, which on the GPU runs from local memory (the JCA
 form's 115.7 ms float32 forward on an H100); the long-sequence candidates must keep the kernels in
-registers."""
+registers. And the barrier between the programs of a sample: compiled, it must publish with a
+GPU-scope release at every barrier of the paper form's kernels (3 per iteration forward, 6 backward),
+and be gone for one program per sample."""
 
 import json
 import subprocess
@@ -42,3 +44,12 @@ def test_long_only_candidates_are_pruned_below_64(seq, kept):
     usual, long_only = triton.Config({"BM": 64, "BD": 64}), triton.Config({"BM": 16, "BD": 32})
     long_only.long_only = True
     assert len(prune_by_length([usual, long_only], {"L": seq})) == kept
+
+
+@pytest.mark.parametrize(("split", "forward", "backward"), [(1, 0, 0), (2, 3, 6)])
+def test_compiled_barriers_publish_at_gpu_scope(split, forward, backward):
+    out = subprocess.run([sys.executable, str(TOOL), "--kernel", "paper-forward", "--kernel", "paper-backward",
+                          "--size", "paper", "--dtype", "bfloat16", "--split", str(split), "--candidates", "1",
+                          "--json", "--quiet"], capture_output=True, text=True, check=True).stdout
+    arrivals = {r["kernel"]: r["arrivals"] for r in json.loads(out)}
+    assert arrivals == {"paper-forward": forward, "paper-backward": backward}
