@@ -3,7 +3,7 @@ compiled ahead of time for a GPU target (default sm_90, Hopper) on any machine: 
 and its bundled ptxas and cuobjdump need no GPU. A candidate with stack is spilling (or indexing a
 tile dynamically): on the GPU it runs from local memory, many times slower. Also counted: the
 GPU-scope release adds in the PTX, the arrivals of the barriers between the programs of a sample
-(`--split S`, paper form; none for one program per sample).
+(`--split S`; none for one program per sample).
 
     python benchmarks/triton_registers.py                       # every kernel, size and dtype
     python benchmarks/triton_registers.py --kernel jca-forward --size long --dtype float32
@@ -53,7 +53,7 @@ INTS = ("B", "T", "W_PER_ITER", "TW", "L", "DA", "DV", "K")
 def compile_candidate(kernel_name: str, size: str, dtype: str, config: triton.Config, arch: int,
                       split: int = 1) -> dict:
     """ptxas's resource usage of one autotune candidate at one size and dtype, and its barrier
-    arrivals (`split` programs per sample, paper form)."""
+    arrivals (`split` programs per sample)."""
     autotuned, fp32_pointers = KERNELS[kernel_name]
     fn = autotuned.fn
     b, seq, da, dv, k, iterations = SIZES[size]
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=sorted(SIZES), action="append", help="default: all")
     parser.add_argument("--dtype", choices=sorted(DTYPES), action="append", help="default: all")
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (default 90)")
-    parser.add_argument("--split", type=int, default=1, help="programs per sample of the paper form (default 1)")
+    parser.add_argument("--split", type=int, default=1, help="programs per sample (default 1)")
     parser.add_argument("--candidates", type=int, help="the first N autotune candidates of each kernel (default: all)")
     parser.add_argument("--json", action="store_true", help="one JSON list of rows instead of the table")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -12,10 +12,10 @@ no part of iteration `i + 1` can start before every row of iteration `i` is writ
 iteration's updated features go to the `xa_iters`/`xv_iters` output buffers in global memory
 (L2-resident: a sample is a few hundred KiB at most), the intermediates a whole iteration needs go
 to per-sample workspace buffers, and barriers separate the passes: one launch for all `T`
-iterations. With one program per sample (the JCA form; the paper form where the batch fills the
-SMs) the barrier is `tl.debug_barrier`, a CTA-wide `__syncthreads` that also makes the CTA's
-global stores visible to its other threads. The paper form can give each sample `SPLIT` programs
-that share every pass's tiles and meet at `sample_barrier`, an arrival counter in global memory:
+iterations. With one program per sample (where the batch fills the SMs) the barrier is
+`tl.debug_barrier`, a CTA-wide `__syncthreads` that also makes the CTA's global stores visible to
+its other threads. Otherwise each sample gets `SPLIT` programs (`choose_split`) that share every
+pass's tiles and meet at `sample_barrier`, an arrival counter in global memory:
 they must all be resident at once, which the launch keeps to one program per SM, and the
 interpreter, which runs programs one after another, runs them as threads
 (`rja_kernels._triton_cooperative`).
@@ -27,7 +27,9 @@ and meet zero weights, so they add nothing; stores are masked.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 
 import torch
 import triton
@@ -90,6 +92,63 @@ def prune_by_length(configs: list[triton.Config], named_args: dict, **kwargs) ->
     `LONG_L` or more (elsewhere they would only add compile time)."""
     long = pad16(named_args["L"]) >= LONG_L
     return [c for c in configs if long or not getattr(c, "long_only", False)]
+
+
+SPLIT_ENV = "RJA_TRITON_SPLIT"
+# The interpreter's notional device: programs it lets one launch hold at once (its threads could
+# hold any number; the bound keeps the capacity check tested).
+INTERPRETER_RESIDENT_PROGRAMS = 8
+# A program's share of a phase is whole tiles of at most this many features (BM, BD <= 128).
+_SPLIT_TILE = 64
+
+
+def choose_split(batch: int, resident: int, dm_min: int) -> int:
+    """Programs per sample: as many as the `resident` programs hold for the whole batch at one
+    program per SM (a launch whose programs wait on each other must have them all resident; Triton
+    gives no occupancy query before the autotuner has compiled), and at most one per 64-feature
+    tile of the smaller modality, the unit of the phases they share. 1 where B fills the device."""
+    if batch <= 0:
+        return 1
+    return max(1, min(resident // batch, -(-dm_min // _SPLIT_TILE)))
+
+
+def resident_programs(device: torch.device) -> int:
+    """Programs of one launch that are sure to be resident together: one per SM."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return INTERPRETER_RESIDENT_PROGRAMS
+
+
+def split_for(batch: int, dm_min: int, device: torch.device) -> int:
+    """Programs per sample for this launch: `RJA_TRITON_SPLIT` where set to S > 0 (to compare
+    launch shapes on a device), else `choose_split`; refused where the grid would not be resident."""
+    resident = resident_programs(device)
+    forced = os.environ.get(SPLIT_ENV, "")
+    if not forced.isdigit() or len(forced) > 7:
+        if forced:
+            raise ValueError(f"{SPLIT_ENV} must be a non-negative integer, got {forced!r}")
+        forced = "0"
+    split = int(forced) or choose_split(batch, resident, dm_min)
+    if split > 1 and batch * split > resident:
+        raise RuntimeError(f"{SPLIT_ENV}={split} needs B * split = {batch * split} co-resident programs; "
+                           f"the device holds {resident}")
+    return split
+
+
+def arrival_counters(batch: int, split: int, device: torch.device) -> torch.Tensor:
+    """`sample_barrier`'s counters, one per sample, zero (unused, one int, for one program per sample)."""
+    if split == 1:
+        return torch.empty(1, dtype=torch.int32, device=device)
+    return torch.zeros(batch, dtype=torch.int32, device=device)
+
+
+def co_resident(split: int):
+    """The interpreter runs programs that wait on each other as threads (`_triton_cooperative`)."""
+    if INTERPRETED and split > 1:
+        from rja_kernels._triton_cooperative import cooperative_programs  # the interpreter's internals
+
+        return cooperative_programs()
+    return contextlib.nullcontext()
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -206,7 +265,7 @@ def sample_barrier(counter, arrivals, SPLIT: tl.constexpr):
     its thread 0, whose release add publishes them at GPU scope and whose acquire poll (Triton
     issues a scalar atomic from thread 0 alone and broadcasts its result through shared memory)
     makes the other programs' stores visible to this one. A no-op but the CTA barrier for one program
-    per sample. The programs must be co-resident: `_triton_paper.choose_split` keeps the grid within
+    per sample. The programs must be co-resident: `choose_split` keeps the grid within
     the SMs; in the interpreter, `_triton_cooperative` runs them as threads."""
     tl.debug_barrier()
     if SPLIT > 1:

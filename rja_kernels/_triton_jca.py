@@ -1,6 +1,6 @@
 """Triton kernels of the JCA form, `joint_cross_attention` (SPEC section 2): torch ops
 `rja::triton_jca_forward` and `rja::triton_jca_backward`. Imported lazily by
-`rja_kernels.triton_backend`; the shared helpers and the one-program-per-sample design are in
+`rja_kernels.triton_backend`; the shared helpers and the design of programs per sample are in
 `rja_kernels._triton_common`.
 
 Inside a program, per modality `m` with features `x [L, dm]`, rows of `x^T` are processed in
@@ -10,6 +10,12 @@ only), `Z += C @ w_c_tile^T`; then `H = relu(Z + x_blk^T @ w_u^T)`, `out = x + (
 The backward recomputes `C` tile by tile from the saved iteration inputs (two passes per row
 block: one to rebuild `Z`, one for the gradients that need `dZ`); `Ca`/`Cv` never reach memory.
 The hidden size `k` is padded to `BK >= 16` like `L` (zero padding is exact, see _triton_common).
+
+Several programs per sample (`SPLIT`, `_triton_common.choose_split`) take its row blocks in turn:
+each row block of the forward is independent of the others within an iteration, so one barrier
+per iteration and the same bits as one program per sample. The backward's sums across row blocks,
+`dJ` and the weight gradients, go to per-program float32 partials: `dJ`'s are added in program
+order after a barrier, the weight gradients' with the batch's in `triton_jca_backward`.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ from torch.library import triton_op, wrap_triton
 from rja_kernels._triton_common import (
     acc_store,
     arange,
+    arrival_counters,
     cast,
+    co_resident,
     copy_cols,
     copy_rows,
     device_fn,
@@ -34,6 +42,8 @@ from rja_kernels._triton_common import (
     load_j_tile,
     pad16,
     prune_by_length,
+    sample_barrier,
+    split_for,
     tanh,
     tanh_and_grad,
     tile_configs,
@@ -49,10 +59,11 @@ _BWD_CONFIGS = tile_configs({"BM": 32, "BD": 64}, [
 
 
 @device_fn
-def _fwd_modality(x, x_dst, ja, jv, w_j, w_u, w_c, w_h, L, DM, DA, D, K, scale,
+def _fwd_modality(x, x_dst, ja, jv, w_j, w_u, w_c, w_h, L, DM, DA, D, K, scale, s, SPLIT: tl.constexpr,
                   BL: tl.constexpr, BK: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
                   PREC: tl.constexpr):
-    """One iteration of one modality of one sample: `x [L, DM]` -> `x_dst [L, DM]`."""
+    """One iteration of one modality of one sample: `x [L, DM]` -> `x_dst [L, DM]`; this program's
+    share: row blocks `s, s + SPLIT, ...` (each independent of the others)."""
     dt = x.dtype.element_ty
     offs_l = arange(BL)
     offs_k = arange(BK)
@@ -61,7 +72,7 @@ def _fwd_modality(x, x_dst, ja, jv, w_j, w_u, w_c, w_h, L, DM, DA, D, K, scale,
     wj = tl.load(w_j + offs_l[:, None] * L + offs_l[None, :], mask=ml[:, None] & ml[None, :], other=0.0)
     wu_t = tl.load(w_u + offs_k[None, :] * L + offs_l[:, None], mask=ml[:, None] & mk[None, :], other=0.0)
     wh_t = tl.load(w_h + offs_l[None, :] * K + offs_k[:, None], mask=mk[:, None] & ml[None, :], other=0.0)
-    for r0 in range(0, DM, BM):
+    for r0 in range(s * BM, DM, SPLIT * BM):
         rows = r0 + arange(BM)
         mxt = (rows[:, None] < DM) & ml[None, :]
         xt = tl.load(x + offs_l[None, :] * DM + rows[:, None], mask=mxt, other=0.0)  # x^T block [BM, BL]
@@ -79,25 +90,29 @@ def _fwd_modality(x, x_dst, ja, jv, w_j, w_u, w_c, w_h, L, DM, DA, D, K, scale,
         tl.store(x_dst + offs_l[None, :] * DM + rows[:, None], cast(out, dt), mask=mxt)
 
 
-@triton.autotune(configs=_FWD_CONFIGS, key=["L", "DA", "DV", "K", "T"],
+@triton.autotune(configs=_FWD_CONFIGS, key=["L", "DA", "DV", "K", "T", "SPLIT"],
                  prune_configs_by={"early_config_prune": prune_by_length})
 @triton.jit(do_not_specialize=["B", "T", "W_PER_ITER"])
 def _jca_fwd_kernel(xa, xv, w_ja, w_jv, w_a, w_v, w_ca, w_cv, w_ha, w_hv,
-                    xa_out, xv_out, xa_it, xv_it,
+                    xa_out, xv_out, xa_it, xv_it, counter,
                     B, T, W_PER_ITER, L, DA, DV, K, scale,
-                    BL: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
+                    BL: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr,
                     BM: tl.constexpr, BD: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
+    pid = tl.program_id(0)
+    b = (pid // SPLIT).to(tl.int64)  # the sample; its SPLIT programs share its row blocks
+    s = pid % SPLIT
     D = DA + DV
     na = L * DA
     nv = L * DV
-    # Iteration 0's input is the operator's input: copy it into the saved-features buffer.
-    copy_rows(xa + b * na, xa_it + b * na, L, DA, 0, 1, BL, BD)
-    copy_rows(xv + b * nv, xv_it + b * nv, L, DV, 0, 1, BL, BD)
-    tl.debug_barrier()
+    # Iteration 0 reads the operator's input, which also goes to the saved-features buffer.
+    copy_rows(xa + b * na, xa_it + b * na, L, DA, s, SPLIT, BL, BD)
+    copy_rows(xv + b * nv, xv_it + b * nv, L, DV, s, SPLIT, BL, BD)
     for i in range(T):
         src_a = xa_it + (i * B + b) * na
         src_v = xv_it + (i * B + b) * nv
+        if i == 0:
+            src_a = xa + b * na
+            src_v = xv + b * nv
         if i + 1 < T:
             dst_a = xa_it + ((i + 1) * B + b) * na
             dst_v = xv_it + ((i + 1) * B + b) * nv
@@ -106,23 +121,26 @@ def _jca_fwd_kernel(xa, xv, w_ja, w_jv, w_a, w_v, w_ca, w_cv, w_ha, w_hv,
             dst_v = xv_out + b * nv
         wi = i * W_PER_ITER  # 0 when one weight set is shared by every iteration
         _fwd_modality(src_a, dst_a, src_a, src_v, w_ja + wi * L * L, w_a + wi * K * L, w_ca + wi * K * D,
-                      w_ha + wi * L * K, L, DA, DA, D, K, scale, BL, BK, BM, BD, PREC)
+                      w_ha + wi * L * K, L, DA, DA, D, K, scale, s, SPLIT, BL, BK, BM, BD, PREC)
         _fwd_modality(src_v, dst_v, src_a, src_v, w_jv + wi * L * L, w_v + wi * K * L, w_cv + wi * K * D,
-                      w_hv + wi * L * K, L, DV, DA, D, K, scale, BL, BK, BM, BD, PREC)
+                      w_hv + wi * L * K, L, DV, DA, D, K, scale, s, SPLIT, BL, BK, BM, BD, PREC)
         # Iteration i + 1 reads every row iteration i wrote (J couples all of them).
-        tl.debug_barrier()
+        sample_barrier(counter + b, (i + 1) * SPLIT, SPLIT)
 
 
 @device_fn
-def _bwd_modality(x, ja, jv, g_cur, g_next, COL0, w_j, w_u, w_c, w_h, gw_j, gw_u, gw_c, gw_h, acc_w,
-                  L, DM, DA, D, K, scale,
+def _bwd_modality(x, ja, jv, g_cur, g_next, g_join, COL0, w_j, w_u, w_c, w_h, gw_j, gw_u, gw_c, gw_h, acc_w,
+                  L, DM, DA, D, K, scale, s, SPLIT: tl.constexpr,
                   BL: tl.constexpr, BK: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
                   PREC: tl.constexpr):
     """Backward of one iteration of one modality of one sample (reference `_step_backward`).
 
     `g_cur [L, D]` (fp32) is the gradient of this iteration's output; this adds the modality's
-    contributions to `g_next [L, D]` (gradient of its input) and stores the weight gradients
-    into this program's partial buffers (`+=` when `acc_w`)."""
+    contributions to the gradient of its input: its rows' to `g_next [L, D]`, `dJ` to `g_join`
+    (`g_next` itself for one program per sample, else this program's partial sum), and stores the
+    weight gradients into this program's partial buffers (`+=` when `acc_w`, always when they
+    start at zero for several programs per sample). This program's share: row blocks `s, s +
+    SPLIT, ...`."""
     dt = x.dtype.element_ty
     offs_l = arange(BL)
     offs_k = arange(BK)
@@ -137,7 +155,7 @@ def _bwd_modality(x, ja, jv, g_cur, g_next, COL0, w_j, w_u, w_c, w_h, gw_j, gw_u
     gwj = tl.zeros((BL, BL), tl.float32)
     gwu = tl.zeros((BK, BL), tl.float32)
     gwh = tl.zeros((BL, BK), tl.float32)
-    for r0 in range(0, DM, BM):
+    for r0 in range(s * BM, DM, SPLIT * BM):
         rows = r0 + arange(BM)
         mxt = (rows[:, None] < DM) & ml[None, :]
         xt = tl.load(x + offs_l[None, :] * DM + rows[:, None], mask=mxt, other=0.0)  # [BM, BL]
@@ -172,7 +190,7 @@ def _bwd_modality(x, ja, jv, g_cur, g_next, COL0, w_j, w_u, w_c, w_h, gw_j, gw_u
             gs = cast(dot(gz, wc, None, PREC) * dc * scale, dt)  # dL/dS
             gp = dot(gs, tl.trans(jt), gp, PREC)
             gj = dot(tl.trans(p), gs, None, PREC)  # dL/dJ tile [BL, BD]
-            acc_store(g_next + offs_l[:, None] * D + cols[None, :], gj, ml[:, None] & mcol, True)
+            acc_store(g_join + offs_l[:, None] * D + cols[None, :], gj, ml[:, None] & mcol, True)
             # The partial sums above are read back by the next row block: make them visible.
             tl.debug_barrier()
         gp_dt = cast(gp, dt)
@@ -186,51 +204,83 @@ def _bwd_modality(x, ja, jv, g_cur, g_next, COL0, w_j, w_u, w_c, w_h, gw_j, gw_u
     acc_store(gw_h + offs_l[:, None] * K + offs_k[None, :], gwh, mlk, acc_w)
 
 
-@triton.autotune(configs=_BWD_CONFIGS, key=["L", "DA", "DV", "K", "T"],
+@device_fn
+def _add_partials(dst, partials, L, D, s, SPLIT: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr):
+    """`dst[:, tiles s, s + SPLIT, ...] += sum of partials[p]` over the `SPLIT` programs, in
+    program order (fp32, `[L, D]` each)."""
+    offs_l = arange(BL)
+    for c0 in range(s * BD, D, SPLIT * BD):
+        cols = c0 + arange(BD)
+        m = (offs_l[:, None] < L) & (cols[None, :] < D)
+        offs = offs_l[:, None] * D + cols[None, :]
+        acc = tl.zeros((BL, BD), tl.float32)
+        for p in range(SPLIT):
+            acc += tl.load(partials + p * L * D + offs, mask=m, other=0.0)
+        acc_store(dst + offs, acc, m, True)
+
+
+@triton.autotune(configs=_BWD_CONFIGS, key=["L", "DA", "DV", "K", "T", "SPLIT"],
                  prune_configs_by={"early_config_prune": prune_by_length})
 @triton.jit(do_not_specialize=["B", "T", "TW"])
 def _jca_bwd_kernel(grad_xa, grad_xv, xa_it, xv_it, w_ja, w_jv, w_a, w_v, w_ca, w_cv, w_ha, w_hv,
-                    gxa, gxv, g_scratch, p_ja, p_jv, p_a, p_v, p_ca, p_cv, p_ha, p_hv,
+                    gxa, gxv, g_scratch, counter, p_ja, p_jv, p_a, p_v, p_ca, p_cv, p_ha, p_hv,
                     B, T, TW, L, DA, DV, K, scale,
-                    BL: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
+                    BL: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr,
                     BM: tl.constexpr, BD: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
+    pid = tl.program_id(0)
+    b = (pid // SPLIT).to(tl.int64)  # the sample; its SPLIT programs share its row blocks
+    s = pid % SPLIT
+    cnt = counter + b
     D = DA + DV
     na = L * DA
     nv = L * DV
-    # Two fp32 [L, D] gradient buffers of this program, ping-ponged across iterations.
-    g0 = g_scratch + b * 2 * L * D
-    copy_cols(grad_xa + b * na, g0, L, DA, D, 0, 0, DA, 0, 1, BL, BD)
-    copy_cols(grad_xv + b * nv, g0, L, DV, D, 0, DA, DV, 0, 1, BL, BD)
-    # This program's slices of the [B, Tw, ...] weight-gradient partial buffers.
+    nd = L * D
+    # fp32 per sample: two [L, D] gradient buffers ping-ponged across iterations, then with
+    # SPLIT > 1 one dJ partial sum per program.
+    scratch_per_sample = 2 * nd
+    if SPLIT > 1:
+        scratch_per_sample += SPLIT * nd
+    g0 = g_scratch + b * scratch_per_sample
+    partials = g0 + 2 * nd
+    copy_cols(grad_xa + b * na, g0, L, DA, D, 0, 0, DA, s, SPLIT, BL, BD)
+    copy_cols(grad_xv + b * nv, g0, L, DV, D, 0, DA, DV, s, SPLIT, BL, BD)
+    # This program's slices of the [B * SPLIT, Tw, ...] weight-gradient partial buffers.
     n_ll = TW * L * L
     n_kl = TW * K * L
     n_kd = TW * K * D
     for t in range(T):
         i = T - 1 - t  # last iteration first
-        g_cur = g0 + (t % 2) * L * D
-        g_next = g0 + ((t + 1) % 2) * L * D
-        zero_rows(g_next, L, D, 0, 1, BL, BD)
-        tl.debug_barrier()
+        g_cur = g0 + (t % 2) * nd
+        g_next = g0 + ((t + 1) % 2) * nd
+        zero_rows(g_next, L, D, s, SPLIT, BL, BD)
+        if SPLIT > 1:
+            g_join = partials + s * nd
+            zero_rows(g_join, L, D, 0, 1, BL, BD)
+        else:
+            g_join = g_next
+        sample_barrier(cnt, (3 * t + 1) * SPLIT, SPLIT)
         src_a = xa_it + (i * B + b) * na
         src_v = xv_it + (i * B + b) * nv
         shared = TW == 1
         wi = tl.where(shared, 0, i)
-        acc_w = shared & (t > 0)  # shared weights sum their gradient over iterations
-        _bwd_modality(src_a, src_a, src_v, g_cur, g_next, 0,
+        acc_w = (shared & (t > 0)) | (SPLIT > 1)  # shared weights sum their gradient over iterations
+        _bwd_modality(src_a, src_a, src_v, g_cur, g_next, g_join, 0,
                       w_ja + wi * L * L, w_a + wi * K * L, w_ca + wi * K * D, w_ha + wi * L * K,
-                      p_ja + b * n_ll + wi * L * L, p_a + b * n_kl + wi * K * L,
-                      p_ca + b * n_kd + wi * K * D, p_ha + b * n_kl + wi * L * K, acc_w,
-                      L, DA, DA, D, K, scale, BL, BK, BM, BD, PREC)
-        _bwd_modality(src_v, src_a, src_v, g_cur, g_next, DA,
+                      p_ja + pid * n_ll + wi * L * L, p_a + pid * n_kl + wi * K * L,
+                      p_ca + pid * n_kd + wi * K * D, p_ha + pid * n_kl + wi * L * K, acc_w,
+                      L, DA, DA, D, K, scale, s, SPLIT, BL, BK, BM, BD, PREC)
+        _bwd_modality(src_v, src_a, src_v, g_cur, g_next, g_join, DA,
                       w_jv + wi * L * L, w_v + wi * K * L, w_cv + wi * K * D, w_hv + wi * L * K,
-                      p_jv + b * n_ll + wi * L * L, p_v + b * n_kl + wi * K * L,
-                      p_cv + b * n_kd + wi * K * D, p_hv + b * n_kl + wi * L * K, acc_w,
-                      L, DV, DA, D, K, scale, BL, BK, BM, BD, PREC)
-        tl.debug_barrier()
-    g_fin = g0 + (T % 2) * L * D
-    copy_cols(g_fin, gxa + b * na, L, D, DA, 0, 0, DA, 0, 1, BL, BD)
-    copy_cols(g_fin, gxv + b * nv, L, D, DV, DA, 0, DV, 0, 1, BL, BD)
+                      p_jv + pid * n_ll + wi * L * L, p_v + pid * n_kl + wi * K * L,
+                      p_cv + pid * n_kd + wi * K * D, p_hv + pid * n_kl + wi * L * K, acc_w,
+                      L, DV, DA, D, K, scale, s, SPLIT, BL, BK, BM, BD, PREC)
+        sample_barrier(cnt, (3 * t + 2) * SPLIT, SPLIT)
+        if SPLIT > 1:
+            _add_partials(g_next, partials, L, D, s, SPLIT, BL, BD)
+            sample_barrier(cnt, (3 * t + 3) * SPLIT, SPLIT)
+    g_fin = g0 + (T % 2) * nd
+    copy_cols(g_fin, gxa + b * na, L, D, DA, 0, 0, DA, s, SPLIT, BL, BD)
+    copy_cols(g_fin, gxv + b * nv, L, D, DV, DA, 0, DV, s, SPLIT, BL, BD)
 
 
 @triton_op("rja::triton_jca_forward", mutates_args=())
@@ -248,10 +298,12 @@ def triton_jca_forward(
     xa_it = xa.new_empty((iterations, b, seq, da))
     xv_it = xv.new_empty((iterations, b, seq, dv))
     if b > 0:
-        wrap_triton(_jca_fwd_kernel)[(b,)](
-            xa, xv, *weights, xa_out, xv_out, xa_it, xv_it,
-            b, iterations, int(tw > 1), seq, da, dv, k, 1.0 / math.sqrt(da + dv),
-            BL=pad16(seq), BK=pad16(k), PREC=dot_precision(xa.dtype))
+        split = split_for(b, min(da, dv), xa.device)
+        with co_resident(split):
+            wrap_triton(_jca_fwd_kernel)[(b * split,)](
+                xa, xv, *weights, xa_out, xv_out, xa_it, xv_it, arrival_counters(b, split, xa.device),
+                b, iterations, int(tw > 1), seq, da, dv, k, 1.0 / math.sqrt(da + dv),
+                BL=pad16(seq), BK=pad16(k), PREC=dot_precision(xa.dtype), SPLIT=split)
     return xa_out, xv_out, xa_it, xv_it
 
 
@@ -269,13 +321,19 @@ def triton_jca_backward(
     dv = xv_iters.shape[3]
     tw, k = weights[2].shape[:2]
     gxa, gxv = torch.empty_like(grad_xa), torch.empty_like(grad_xv)
+    split = split_for(b, min(da, dv), grad_xa.device) if b > 0 else 1
     # Per-program fp32 partials of the weight gradients, reduced below with .sum(0): deterministic,
-    # unlike fp32 atomics, and cheap next to the kernel (B * |weights| floats).
-    partials = [torch.empty((b, *w.shape), device=w.device, dtype=torch.float32) for w in weights]
+    # unlike fp32 atomics, and cheap next to the kernel (B * S * |weights| floats). Several programs
+    # per sample add into theirs from zero: one may have no row block to store.
+    new = torch.empty if split == 1 else torch.zeros
+    partials = [new((b * split, *w.shape), device=w.device, dtype=torch.float32) for w in weights]
     if b > 0:
-        scratch = torch.empty((b, 2, seq, da + dv), device=grad_xa.device, dtype=torch.float32)
-        wrap_triton(_jca_bwd_kernel)[(b,)](
-            grad_xa, grad_xv, xa_iters, xv_iters, *weights, gxa, gxv, scratch, *partials,
-            b, t, tw, seq, da, dv, k, 1.0 / math.sqrt(da + dv),
-            BL=pad16(seq), BK=pad16(k), PREC=dot_precision(grad_xa.dtype))
+        scratch = torch.empty((b, 2 + (split if split > 1 else 0), seq, da + dv), device=grad_xa.device,
+                              dtype=torch.float32)  # + the dJ partials
+        with co_resident(split):
+            wrap_triton(_jca_bwd_kernel)[(b * split,)](
+                grad_xa, grad_xv, xa_iters, xv_iters, *weights, gxa, gxv, scratch,
+                arrival_counters(b, split, grad_xa.device), *partials,
+                b, t, tw, seq, da, dv, k, 1.0 / math.sqrt(da + dv),
+                BL=pad16(seq), BK=pad16(k), PREC=dot_precision(grad_xa.dtype), SPLIT=split)
     return [gxa, gxv, *(p.sum(0).to(w.dtype) for p, w in zip(partials, weights))]

@@ -28,7 +28,7 @@ The weight gradients are sums over the batch of products the kernel already has 
 weight reduces them over `B·L` (and `T` for shared weights) after the launch: deterministic (no
 atomics), and far smaller than per-program partial weight gradients (`B·|w_h|` floats here).
 
-Several programs per sample (`SPLIT`, `choose_split`: at the paper size B = 64 leaves half of an
+Several programs per sample (`SPLIT`, `_triton_common.choose_split`: at the paper size B = 64 leaves half of an
 H100's or H200's 132 SMs idle with one): a sample's programs share each pass's tiles (program `s`
 takes tiles `s, s + SPLIT, ...`) and meet at `sample_barrier` between the passes. Every tile of
 the forward is one program's, computed as with one program per sample: the same bits. In the
@@ -46,9 +46,7 @@ gradient tile stays in float32 into the products it feeds (`dot_f32`): rounded t
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 
 import torch
 import triton
@@ -57,10 +55,11 @@ from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
 from rja_kernels._triton_common import (
-    INTERPRETED,
     acc_store,
     arange,
+    arrival_counters,
     cast,
+    co_resident,
     copy_cols,
     copy_rows,
     device_fn,
@@ -71,6 +70,7 @@ from rja_kernels._triton_common import (
     pad16,
     prune_by_length,
     sample_barrier,
+    split_for,
     tanh,
     tanh_and_grad,
     tile_configs,
@@ -434,62 +434,6 @@ def _paper_bwd_kernel(grad_xa, grad_xv, xa_it, xv_it, w_ja, w_jv, w_ca, w_cv, w_
     copy_cols(g_fin, gxv + b * nv, L, D, DV, DA, 0, DV, s, SPLIT, BL, BD)
 
 
-SPLIT_ENV = "RJA_TRITON_SPLIT"
-# The interpreter's notional device: programs it lets one launch hold at once (its threads could
-# hold any number; the bound keeps the capacity check tested).
-INTERPRETER_RESIDENT_PROGRAMS = 8
-# A program's share of a phase is whole tiles of at most this many features (BM, BD <= 128).
-_SPLIT_TILE = 64
-
-
-def choose_split(batch: int, resident: int, dm_min: int) -> int:
-    """Programs per sample: as many as the `resident` programs hold for the whole batch at one
-    program per SM (a launch whose programs wait on each other must have them all resident; Triton
-    gives no occupancy query before the autotuner has compiled), and at most one per 64-feature
-    tile of the smaller modality, the unit of the phases they share. 1 where B fills the device."""
-    if batch <= 0:
-        return 1
-    return max(1, min(resident // batch, -(-dm_min // _SPLIT_TILE)))
-
-
-def resident_programs(device: torch.device) -> int:
-    """Programs of one launch that are sure to be resident together: one per SM."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return INTERPRETER_RESIDENT_PROGRAMS
-
-
-def split_for(batch: int, dm_min: int, device: torch.device) -> int:
-    """Programs per sample for this launch: `RJA_TRITON_SPLIT` where set to S > 0 (to compare
-    launch shapes on a device), else `choose_split`; refused where the grid would not be resident."""
-    resident = resident_programs(device)
-    forced = os.environ.get(SPLIT_ENV, "")
-    if not forced.isdigit() or len(forced) > 7:
-        if forced:
-            raise ValueError(f"{SPLIT_ENV} must be a non-negative integer, got {forced!r}")
-        forced = "0"
-    split = int(forced) or choose_split(batch, resident, dm_min)
-    if split > 1 and batch * split > resident:
-        raise RuntimeError(f"{SPLIT_ENV}={split} needs B * split = {batch * split} co-resident programs; "
-                           f"the device holds {resident}")
-    return split
-
-
-def _arrival_counters(batch: int, split: int, device: torch.device) -> Tensor:
-    """`sample_barrier`'s counters, one per sample, zero (unused, one int, for one program per sample)."""
-    if split == 1:
-        return torch.empty(1, dtype=torch.int32, device=device)
-    return torch.zeros(batch, dtype=torch.int32, device=device)
-
-
-def _co_resident(split: int):
-    """The interpreter runs programs that wait on each other as threads (`_triton_cooperative`)."""
-    if INTERPRETED and split > 1:
-        from rja_kernels._triton_cooperative import cooperative_programs
-        return cooperative_programs()
-    return contextlib.nullcontext()
-
-
 @triton_op("rja::triton_paper_forward", mutates_args=())
 def triton_paper_forward(
     xa: Tensor, xv: Tensor, w_ja: Tensor, w_jv: Tensor, w_ca: Tensor, w_cv: Tensor, w_ha: Tensor, w_hv: Tensor,
@@ -507,9 +451,9 @@ def triton_paper_forward(
     if b > 0:
         split = split_for(b, min(da, dv), xa.device)
         ws = xa.new_empty((b, 4 * seq * (da + dv)))
-        with _co_resident(split):
+        with co_resident(split):
             wrap_triton(_paper_fwd_kernel)[(b * split,)](
-                xa, xv, *weights, xa_out, xv_out, xa_it, xv_it, ws, _arrival_counters(b, split, xa.device),
+                xa, xv, *weights, xa_out, xv_out, xa_it, xv_it, ws, arrival_counters(b, split, xa.device),
                 b, iterations, int(tw > 1), seq, da, dv, 1.0 / math.sqrt(da + dv),
                 H_TANH=h_tanh, OUT_RELU=out_relu, BL=pad16(seq), PREC=dot_precision(xa.dtype), SPLIT=split)
     return xa_out, xv_out, xa_it, xv_it
@@ -553,10 +497,10 @@ def triton_paper_backward(
         split = split_for(b, min(da, dv), grad_xa.device)
         ws = grad_xa.new_empty((b, 2 * seq * d))
         fs = torch.empty((b, (4 + (split if split > 1 else 0)) * seq * d), **f32)  # + the dJ partials
-        with _co_resident(split):
+        with co_resident(split):
             wrap_triton(_paper_bwd_kernel)[(b * split,)](
                 grad_xa, grad_xv, xa_iters, xv_iters, *weights, gxa, gxv, ws, fs,
-                _arrival_counters(b, split, grad_xa.device), h_a, h_v,
+                arrival_counters(b, split, grad_xa.device), h_a, h_v,
                 saved_a[0], saved_v[0], saved_a[1], saved_v[1], saved_a[2], saved_v[2],
                 b, t, tw, seq, da, dv, 1.0 / math.sqrt(d),
                 H_TANH=h_tanh, OUT_RELU=out_relu, BL=pad16(seq), PREC=dot_precision(grad_xa.dtype), SPLIT=split)

@@ -1,5 +1,5 @@
-"""The Triton paper-form kernels with several programs per sample (`RJA_TRITON_SPLIT`, heuristic
-`_triton_paper.choose_split`), their barrier (`_triton_common.sample_barrier`), and the
+"""The Triton kernels of both forms with several programs per sample (`RJA_TRITON_SPLIT`,
+heuristic `_triton_common.choose_split`), their barrier (`_triton_common.sample_barrier`), and the
 interpreter's co-resident programs that run it on CPU (`_triton_cooperative`). On a GPU the same
 tests run the compiled kernels on really co-resident programs (the deadlock cases excepted)."""
 
@@ -16,6 +16,7 @@ from rja_kernels.backends import why_unavailable
 from rja_kernels.testing import assert_near_reordered_sum, call_operator, make_inputs
 
 PAPER = "recursive_joint_attention"
+JCA = "joint_cross_attention"
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BOTH = {"h_tanh": True, "out_relu": True}
 
@@ -28,57 +29,65 @@ def _triton_runs_here():
 
 
 @pytest.fixture(scope="module")
-def paper():
-    from rja_kernels import _triton_paper
+def common():
+    from rja_kernels import _triton_common
 
-    return _triton_paper
+    return _triton_common
 
 
-def _runs(inp, options, grads_out, splits, monkeypatch):
-    """Outputs and every gradient of the Triton paper form, once per entry of `splits`."""
+def _runs(operator, inp, options, grads_out, splits, monkeypatch):
+    """Outputs and every gradient of the Triton kernels of `operator`, once per entry of `splits`."""
     runs = []
     for split in splits:
         monkeypatch.setenv("RJA_TRITON_SPLIT", str(split))
         leaves = {n: t.detach().requires_grad_() for n, t in inp.items()}
-        xa, xv = call_operator(PAPER, leaves, 2, "triton", **options)
+        xa, xv = call_operator(operator, leaves, 2, "triton", **options)
         runs.append((xa.detach(), xv.detach(), *torch.autograd.grad((xa, xv), list(leaves.values()), grads_out)))
     return runs
 
 
-# B = 2, L = 5, da = 24, dv = 40: in the interpreter's tiles (16 rows, 32 columns) 2 + 3 row tiles
-# and 2 column tiles, ragged, so with S = 3 some programs have no tile in some phases.
-@pytest.mark.parametrize(("split", "dtype", "options"), [
-    (2, torch.float32, BOTH), (3, torch.float32, {}), (2, torch.bfloat16, {}), (3, torch.bfloat16, BOTH)],
-    ids=["2-float32-both", "3-float32-plain", "2-bfloat16-plain", "3-bfloat16-both"])
-def test_split_meets_the_rule_is_deterministic_and_near_one_program(split, dtype, options, monkeypatch):
+# B = 2, L = 5, da = 24, dv = 40 (k = 12): in the interpreter's tiles (paper form: 16 rows, 32
+# columns; JCA form: 32 rows) 2 + 3 (JCA: 1 + 2) row tiles, ragged, so with S = 3 some programs have
+# no tile in some phases (JCA: the third has no row at all). The backward's sums across programs: the
+# paper form's dJ over its 5 row tiles; the JCA form's dJ over 3 and its weight gradients over the
+# B x 3 row blocks of the batch.
+SUM_TERMS = {PAPER: 5, JCA: 6}
+
+
+@pytest.mark.parametrize(("operator", "split", "dtype", "options"), [
+    (PAPER, 2, torch.float32, BOTH), (PAPER, 3, torch.float32, {}), (PAPER, 2, torch.bfloat16, {}),
+    (PAPER, 3, torch.bfloat16, BOTH), (JCA, 2, torch.float32, {}), (JCA, 3, torch.bfloat16, {})],
+    ids=["paper-2-float32-both", "paper-3-float32-plain", "paper-2-bfloat16-plain", "paper-3-bfloat16-both",
+         "jca-2-float32", "jca-3-bfloat16"])
+def test_split_meets_the_rule_is_deterministic_and_near_one_program(operator, split, dtype, options, monkeypatch):
     # (a) against the float64 reference, by the low-precision rule.
     monkeypatch.setenv("RJA_TRITON_SPLIT", str(split))
-    inp = make_inputs(PAPER, 2, 5, 24, 40, 2, dtype=dtype, device=DEVICE)
-    for name, error, tol in low_precision_check(PAPER, inp, 2, "triton", options):
+    inp = make_inputs(operator, 2, 5, 24, 40, 2, k=12, dtype=dtype, device=DEVICE)
+    for name, error, tol in low_precision_check(operator, inp, 2, "triton", options):
         assert error <= tol, (name, error, tol)
     # (b) the forward's tiles are each one program's, computed as with one program per sample: the
-    # same bits; (c) the backward's dJ is the sum of S partials in program order: the same bits on
-    # every run, and S = 1's result up to the order of a sum over the 5 row tiles.
+    # same bits; (c) the backward's sums across programs add per-program partials in program order:
+    # the same bits on every run, and S = 1's result up to the order of those sums.
     gen = torch.Generator().manual_seed(4)
     grads_out = tuple(torch.randn(inp[n].shape, generator=gen).to(DEVICE, dtype) for n in ("xa", "xv"))
-    one, many, again = _runs(inp, options, grads_out, (1, split, split), monkeypatch)
+    one, many, again = _runs(operator, inp, options, grads_out, (1, split, split), monkeypatch)
     names = ["xa_out", "xv_out", *(f"grad {n}" for n in inp)]
     for name, a, b, c in zip(names, one, many, again):
         assert torch.equal(b, c), f"{name}: two runs with S = {split} differ"
         if name in ("xa_out", "xv_out"):
             assert torch.equal(a, b), f"{name}: the forward with S = {split} is not S = 1's"
         else:
-            assert_near_reordered_sum(name, a, b, dtype, 5)
+            assert_near_reordered_sum(name, a, b, dtype, SUM_TERMS[operator])
 
 
-def test_heuristic_split_is_used_and_near_one_program(paper, monkeypatch):
+def test_heuristic_split_is_used_and_near_one_program(common, monkeypatch):
     # da = 65 > 64 features: up to 2 programs per sample; B = 2 of 8 resident programs (the
     # interpreter's notional device) or of a GPU's SMs: 2.
     monkeypatch.delenv("RJA_TRITON_SPLIT", raising=False)
-    assert paper.split_for(2, 65, torch.device(DEVICE)) == 2
+    assert common.split_for(2, 65, torch.device(DEVICE)) == 2
     inp = make_inputs(PAPER, 2, 3, 65, 70, 2, seed=5, device=DEVICE)
     grads_out = tuple(torch.ones_like(inp[n]) for n in ("xa", "xv"))
-    chosen, one = _runs(inp, {}, grads_out, (0, 1), monkeypatch)  # 0: the heuristic's choice
+    chosen, one = _runs(PAPER, inp, {}, grads_out, (0, 1), monkeypatch)  # 0: the heuristic's choice
     for name, a, b in zip(["xa_out", "xv_out", *inp], one, chosen):
         assert_near_reordered_sum(name, a, b, torch.float32, 5 + 5)
 
@@ -93,23 +102,24 @@ def test_heuristic_split_is_used_and_near_one_program(paper, monkeypatch):
     (2, 8, 130, 3),
     (0, 132, 512, 1),
 ])
-def test_choose_split(paper, batch, resident, dm_min, expected):
-    assert paper.choose_split(batch, resident, dm_min) == expected
+def test_choose_split(common, batch, resident, dm_min, expected):
+    assert common.choose_split(batch, resident, dm_min) == expected
 
 
-def test_split_from_the_environment(paper, monkeypatch):
+def test_split_from_the_environment(common, monkeypatch):
     device = torch.device(DEVICE)
-    resident = paper.resident_programs(device)
+    resident = common.resident_programs(device)
     monkeypatch.setenv("RJA_TRITON_SPLIT", "3")
-    assert paper.split_for(2, 24, device) == 3  # forced past the heuristic's 1
+    assert common.split_for(2, 24, device) == 3  # forced past the heuristic's 1
     for bad in ("-1", "two", "1.5", " 2"):
         monkeypatch.setenv("RJA_TRITON_SPLIT", bad)
         with pytest.raises(ValueError, match=f"RJA_TRITON_SPLIT must be a non-negative integer, got '{bad}'"):
-            paper.split_for(2, 24, device)
+            common.split_for(2, 24, device)
     monkeypatch.setenv("RJA_TRITON_SPLIT", str(resident))
-    with pytest.raises(RuntimeError, match=rf"RJA_TRITON_SPLIT={resident} needs B \* split = {2 * resident} "
-                                           rf"co-resident programs; the device holds {resident}"):
-        call_operator(PAPER, make_inputs(PAPER, 2, 3, 4, 5, 1, device=DEVICE), 1, "triton")
+    for operator in (PAPER, JCA):
+        with pytest.raises(RuntimeError, match=rf"RJA_TRITON_SPLIT={resident} needs B \* split = {2 * resident} "
+                                               rf"co-resident programs; the device holds {resident}"):
+            call_operator(operator, make_inputs(operator, 2, 3, 4, 5, 1, k=2, device=DEVICE), 1, "triton")
 
 
 # ---- the barrier itself: a ring exchange among the programs of each sample -----------------------
