@@ -136,7 +136,8 @@ def split_for(batch: int, dm_min: int, device: torch.device) -> int:
 
 
 def arrival_counters(batch: int, split: int, device: torch.device) -> torch.Tensor:
-    """`sample_barrier`'s counters, one per sample, zero (unused, one int, for one program per sample)."""
+    """`sample_barrier`'s counters, one per sample, zero (unused, one int, for one program per sample).
+    The kernels' autotuners zero them again (`reset_to_zero`) before each launch they time."""
     if split == 1:
         return torch.empty(1, dtype=torch.int32, device=device)
     return torch.zeros(batch, dtype=torch.int32, device=device)

@@ -90,7 +90,7 @@ def _fwd_modality(x, x_dst, ja, jv, w_j, w_u, w_c, w_h, L, DM, DA, D, K, scale, 
         tl.store(x_dst + offs_l[None, :] * DM + rows[:, None], cast(out, dt), mask=mxt)
 
 
-@triton.autotune(configs=_FWD_CONFIGS, key=["L", "DA", "DV", "K", "T", "SPLIT"],
+@triton.autotune(configs=_FWD_CONFIGS, key=["L", "DA", "DV", "K", "T", "SPLIT"], reset_to_zero=["counter"],
                  prune_configs_by={"early_config_prune": prune_by_length})
 @triton.jit(do_not_specialize=["B", "T", "W_PER_ITER"])
 def _jca_fwd_kernel(xa, xv, w_ja, w_jv, w_a, w_v, w_ca, w_cv, w_ha, w_hv,
@@ -219,7 +219,10 @@ def _add_partials(dst, partials, L, D, s, SPLIT: tl.constexpr, BL: tl.constexpr,
         acc_store(dst + offs, acc, m, True)
 
 
+# Autotuning launches a kernel again on the same arguments: what a launch counts or adds up from
+# zero is zeroed before each (the weight-gradient partials, accumulated with several programs).
 @triton.autotune(configs=_BWD_CONFIGS, key=["L", "DA", "DV", "K", "T", "SPLIT"],
+                 reset_to_zero=["counter", "p_ja", "p_jv", "p_a", "p_v", "p_ca", "p_cv", "p_ha", "p_hv"],
                  prune_configs_by={"early_config_prune": prune_by_length})
 @triton.jit(do_not_specialize=["B", "T", "TW"])
 def _jca_bwd_kernel(grad_xa, grad_xv, xa_it, xv_it, w_ja, w_jv, w_a, w_v, w_ca, w_cv, w_ha, w_hv,

@@ -191,7 +191,7 @@ def _residual(h_src, w_h, x, dst, L, DM, D, s, OUT_RELU: tl.constexpr, SPLIT: tl
         tl.store(dst + offs, cast(xm.to(tl.float32) + u, dt), mask=m)
 
 
-@triton.autotune(configs=_FWD_CONFIGS, key=["L", "DA", "DV", "T", "SPLIT"],
+@triton.autotune(configs=_FWD_CONFIGS, key=["L", "DA", "DV", "T", "SPLIT"], reset_to_zero=["counter"],
                  prune_configs_by={"early_config_prune": prune_by_length})
 @triton.jit(do_not_specialize=["B", "T", "W_PER_ITER"])
 def _paper_fwd_kernel(xa, xv, w_ja, w_jv, w_ca, w_cv, w_ha, w_hv, xa_out, xv_out, xa_it, xv_it, ws, counter,
@@ -353,7 +353,7 @@ def _grad_x_q(gq_src, w_c, g_next, partials, COL0, L, DM, D, s, SPLIT: tl.conste
         acc_store(g_next + offs_l[:, None] * D + COL0 + rows[None, :], acc, ml[:, None] & mr[None, :], True)
 
 
-@triton.autotune(configs=_BWD_CONFIGS, key=["L", "DA", "DV", "T", "SPLIT"],
+@triton.autotune(configs=_BWD_CONFIGS, key=["L", "DA", "DV", "T", "SPLIT"], reset_to_zero=["counter"],
                  prune_configs_by={"early_config_prune": prune_by_length})
 @triton.jit(do_not_specialize=["B", "T", "TW"])
 def _paper_bwd_kernel(grad_xa, grad_xv, xa_it, xv_it, w_ja, w_jv, w_ca, w_cv, w_ha, w_hv, gxa, gxv, ws, fs, counter,

@@ -80,6 +80,30 @@ def test_split_meets_the_rule_is_deterministic_and_near_one_program(operator, sp
             assert_near_reordered_sum(name, a, b, dtype, SUM_TERMS[operator])
 
 
+@pytest.mark.parametrize("operator", [PAPER, JCA])
+def test_launching_again_on_the_same_arguments_as_autotuning_does(operator, monkeypatch):
+    # On a GPU the autotuner launches each candidate several times on the same arguments, then the
+    # best once more: each launch must start from zeroed counters (and JCA's zeroed weight-gradient
+    # partials), which the autotuner's reset_to_zero provides. The interpreter has one candidate and
+    # launches once, so here every launch is made twice, with the autotuner's reset between.
+    from triton.runtime.autotuner import Autotuner
+
+    inp = make_inputs(operator, 2, 5, 24, 40, 2, k=12, device=DEVICE)
+    grads_out = tuple(torch.ones_like(inp[n]) for n in ("xa", "xv"))
+    once = _runs(operator, inp, {}, grads_out, (2,), monkeypatch)[0]
+    plain_run = Autotuner.run
+
+    def run_twice(self, *args, **kwargs):
+        plain_run(self, *args, **kwargs)
+        self.pre_hook({**dict(zip(self.arg_names, args)), **kwargs}, reset_only=True)
+        return plain_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(Autotuner, "run", run_twice)
+    twice = _runs(operator, inp, {}, grads_out, (2,), monkeypatch)[0]
+    for name, a, b in zip(["xa_out", "xv_out", *inp], once, twice):
+        assert torch.equal(a, b), f"{name}: a second launch on the same arguments differs"
+
+
 def test_heuristic_split_is_used_and_near_one_program(common, monkeypatch):
     # da = 65 > 64 features: up to 2 programs per sample; B = 2 of 8 resident programs (the
     # interpreter's notional device) or of a GPU's SMs: 2.
