@@ -7,7 +7,8 @@ CUDA emulator are correctness tools, not something to time).
     pytest benchmarks/test_bench_gpu.py --benchmark-only -s
 
 Grouped per operator, size, dtype and pass, so pytest-benchmark's table shows the five side by
-side; extra_info holds GFLOP/s (test_bench_cpu.forward_flops) and the peak memory.
+side; extra_info holds GFLOP/s (test_bench_cpu.forward_flops), the peak memory and the Triton
+kernels' programs per sample.
 """
 
 from __future__ import annotations
@@ -54,6 +55,14 @@ def _step(fn, inp):
     return torch.autograd.grad((xa, xv), list(inp.values()), (torch.ones_like(xa), torch.ones_like(xv)))
 
 
+def _record_split(benchmark, impl, dims):
+    """The Triton kernels' programs per sample at this size (RJA_TRITON_SPLIT or the heuristic)."""
+    if impl == "triton":
+        from rja_kernels._triton_common import split_for
+
+        benchmark.extra_info["programs_per_sample"] = split_for(dims[0], min(dims[2], dims[3]), torch.device("cuda"))
+
+
 def _bench(benchmark, fn, *args):
     def timed():
         fn(*args)
@@ -70,6 +79,7 @@ def test_forward(benchmark, operator, size, impl, dtype):
     benchmark.group = f"{SHORT[operator]} {name} {dtype} forward"
     with torch.no_grad():
         _bench(benchmark, fn, inp)
+    _record_split(benchmark, impl, dims)
     if benchmark.stats:
         benchmark.extra_info["gflops"] = forward_flops(operator, *dims) / benchmark.stats.stats.median / 1e9
 
@@ -80,6 +90,7 @@ def test_forward_backward(benchmark, operator, size, impl, dtype):
     name, dims, inp, fn = _setup(operator, size, impl, dtype, requires_grad=True)
     benchmark.group = f"{SHORT[operator]} {name} {dtype} forward+backward"
     _bench(benchmark, _step, fn, inp)
+    _record_split(benchmark, impl, dims)
     if benchmark.stats:  # useful work as in test_bench_cpu: three times the forward's products
         benchmark.extra_info["gflops"] = 3 * forward_flops(operator, *dims) / benchmark.stats.stats.median / 1e9
 
