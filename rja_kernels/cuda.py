@@ -39,7 +39,7 @@ EMULATE_ENV = "RJA_CUDA_EMULATE"
 # there, and tiles smaller than the test sizes make every loop take its ragged last tile. Multiples
 # of 16, so float16/bfloat16 take the paper form's tensor-core path, as on the GPU, which uses 256
 # threads and tiles of 32 rows and 64 features (csrc/cuda/host.h, Config).
-# `split` is the paper forward's thread blocks per sample, 0 to let the kernel's heuristic choose it
+# `split` is the thread blocks per sample of both forms, 0 to let the kernels' heuristic choose it
 # for the emulated device (a few SMs, csrc/emu/emu.h).
 EMULATED_CONFIG = {"threads": 64, "rows": 16, "cols": 48, "split": 0}
 _config = dict(EMULATED_CONFIG)
@@ -70,12 +70,8 @@ def emulated_config(**config: int) -> Iterator[None]:
         _config.update(saved)
 
 
-def _launch_shape() -> tuple[int, int, int]:
-    return _config["threads"], _config["rows"], _config["cols"]
-
-
-def _paper_launch_shape() -> tuple[int, int, int, int]:
-    return (*_launch_shape(), _config["split"])
+def _launch_shape() -> tuple[int, int, int, int]:
+    return _config["threads"], _config["rows"], _config["cols"], _config["split"]
 
 
 def _dense(weights: tuple[Tensor, ...]) -> list[Tensor]:
@@ -89,7 +85,7 @@ def paper_forward(xa: Tensor, xv: Tensor, weights: tuple[Tensor, ...], iteration
     """(xa_out, xv_out, xa_iters [T, B, L, da], xv_iters [T, B, L, dv]) of the paper's form."""
     args = (xa.contiguous(), xv.contiguous(), _dense(weights), iterations, h_tanh, out_relu)
     if xa.device.type == "cpu":
-        return tuple(cuda_emulator().paper_forward(*args, *_paper_launch_shape()))
+        return tuple(cuda_emulator().paper_forward(*args, *_launch_shape()))
     return tuple(torch.ops.rja.cuda_paper_forward(*args))
 
 
@@ -99,7 +95,7 @@ def paper_backward(grad_xa: Tensor, grad_xv: Tensor, xa_iters: Tensor, xv_iters:
     args = (grad_xa.contiguous(), grad_xv.contiguous(), xa_iters.contiguous(), xv_iters.contiguous(),
             _dense(weights), h_tanh, out_relu)
     if xa_iters.device.type == "cpu":
-        return tuple(cuda_emulator().paper_backward(*args, *_paper_launch_shape()))
+        return tuple(cuda_emulator().paper_backward(*args, *_launch_shape()))
     return tuple(torch.ops.rja.cuda_paper_backward(*args))
 
 

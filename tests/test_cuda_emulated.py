@@ -193,15 +193,17 @@ SPLITS = [1, 2, 3]
 SPLIT_SHAPES = [None, {"threads": 40, "rows": 7, "cols": 5}]
 
 
-def _paper_runs(inp, iterations, config, splits, options, grads_out=None):
-    """Forward and backward of the emulated paper kernels, once per entry of `splits`."""
+def _split_runs(operator, inp, iterations, config, splits, options, grads_out=None):
+    """Forward and backward of the emulated kernels of `operator`, once per entry of `splits`."""
+    forward, backward = {PAPER: (cuda.paper_forward, cuda.paper_backward),
+                         JCA: (cuda.jca_forward, cuda.jca_backward)}[operator]
     weights = tuple(t for n, t in inp.items() if n.startswith("w_"))
     runs = []
     for split in splits:
         with cuda.emulated_config(**{**config, "split": split}):
-            saved = cuda.paper_forward(inp["xa"], inp["xv"], weights, iterations, **options)
+            saved = forward(inp["xa"], inp["xv"], weights, iterations, **options)
             grads = grads_out or saved[:2]
-            runs.append((*saved, *cuda.paper_backward(*grads, *saved[2:], weights, **options)))
+            runs.append((*saved, *backward(*grads, *saved[2:], weights, **options)))
     return runs
 
 
@@ -220,7 +222,7 @@ def test_paper_split_meets_the_rule_is_deterministic_and_near_one_block(dtype, s
     inp = make_inputs(PAPER, 3, 5, 24, 40, 2, dtype=dtype, seed=3)
     gen = torch.Generator().manual_seed(4)
     grads_out = [torch.randn(inp[n].shape, generator=gen).to(dtype) for n in ("xa", "xv")]
-    one, many, again = _paper_runs(inp, 2, config, (1, split, split), options, grads_out)
+    one, many, again = _split_runs(PAPER, inp, 2, config, (1, split, split), options, grads_out)
     names = ["xa_out", "xv_out", "xa_iters", "xv_iters", *(f"grad {n}" for n in inp)]
     assert len(one) == len(names)
     tiles = -(-(24 + 40) // config.get("cols", cuda.EMULATED_CONFIG["cols"]))
@@ -237,7 +239,7 @@ def test_paper_heuristic_split_is_near_the_lone_blocks_result():
     assert emu.blocks_per_sm(64, 0) == 2
     assert emu.choose_split(2, 4, 2, 1) == 1 and emu.choose_split(2, 4, 2, 3) == 2
     inp = make_inputs(PAPER, 2, 6, 13, 29, 3)
-    chosen, again, one = _paper_runs(inp, 3, {"cols": 16}, (0, 0, 1), {"out_relu": True})
+    chosen, again, one = _split_runs(PAPER, inp, 3, {"cols": 16}, (0, 0, 1), {"out_relu": True})
     for a, b, c in zip(one, chosen, again):
         assert torch.equal(b, c)
         assert_near_reordered_sum("heuristic", a, b, torch.float32, 3)
@@ -267,15 +269,15 @@ def test_split_heuristic(batch, sms, per_sm, tiles, expected):
 
 @pytest.mark.parametrize(("batch", "split", "seq", "d"), [(64, 3, 16, 1024), (3, 2, 5, 64), (1, 13, 7, 42)])
 def test_split_workspace_is_one_partial_sum_per_block(batch, split, seq, d):
-    # The forward's partial sums of U: B S L d floats (12 MiB at the paper size on a 132-SM GPU,
-    # S = 3); the backward's of U (then gQ) and gP: twice that. None for S = 1.
+    # The paper forward's partial sums of U: B S L d floats (12 MiB at the paper size on a 132-SM
+    # GPU, S = 3); the paper backward's of U (then gQ) and gP, and the JCA backward's dJ (one per
+    # iteration parity): twice that; the JCA forward keeps none. None for S = 1.
     emu = cuda.cuda_emulator()
-    assert emu.split_workspace_floats(batch, split, seq, d, False) == batch * split * seq * d
-    assert emu.split_workspace_floats(batch, split, seq, d, True) == 2 * batch * split * seq * d
-    assert emu.split_workspace_floats(batch, 1, seq, d, False) == 0
-    assert emu.split_workspace_floats(batch, 1, seq, d, True) == 0
+    for sums in (0, 1, 2):
+        assert emu.split_workspace_floats(batch, split, seq, d, sums) == sums * batch * split * seq * d
+        assert emu.split_workspace_floats(batch, 1, seq, d, sums) == 0
     if (batch, split, seq, d) == (64, 3, 16, 1024):
-        assert emu.split_workspace_floats(batch, split, seq, d, False) * 4 == 12 * 2**20
+        assert emu.split_workspace_floats(batch, split, seq, d, 1) * 4 == 12 * 2**20
 
 
 def test_forced_split_beyond_the_resident_blocks_is_refused(emulated_device):
@@ -328,6 +330,74 @@ def test_jca_shared_memory_limit_is_reported():
     # L = 160, k = 160: the weight tiles alone exceed the 227 KiB a block may have.
     inp = make_inputs(JCA, 1, 160, 8, 8, 1, k=160)
     with pytest.raises(RuntimeError, match="bytes of shared memory per block for L=160, k=160"):
+        call_operator(JCA, inp, 1, "cuda")
+
+
+# The JCA form's split deals the row tiles of both modalities (the unit of its work) to the blocks
+# in turn. da = 24, dv = 40 in tiles of 16 rows: 2 + 3; of 7 rows (and 5-feature column tiles): 4 +
+# 6, here with the weights shared by the iterations; of 64 rows: 1 + 1, so at S = 2 each block has
+# one modality's rows only and at S = 3 one block has no rows at all.
+JCA_SPLIT_SHAPES = [({}, 3), ({"threads": 40, "rows": 7, "cols": 5}, 1), ({"rows": 64}, 3)]
+
+
+@pytest.mark.parametrize(("config", "tw"), JCA_SPLIT_SHAPES, ids=["default", "ragged", "idle-block"])
+@pytest.mark.parametrize("split", SPLITS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_jca_split_meets_the_rule_is_deterministic_and_near_one_block(dtype, split, config, tw, emulated_device):
+    # (a) With `split` blocks per sample against the reference; T = 3 reuses the backward's dJ
+    # partials of iteration parity 0.
+    emulated_device(8, 2)  # room for 3 samples x 3 blocks
+    rows = config.get("rows", cuda.EMULATED_CONFIG["rows"])
+    row_tiles = -(-24 // rows) + -(-40 // rows)
+    config = {**config, "split": split}
+    check(JCA, 3, 5, 24, 40, 3, tw, dtype, k=12, config=config)
+    # (b) The same S twice gives the same bits; (c) the forward's row tiles are independent, so any
+    # S gives S = 1's bits; the backward's sums over row tiles (dJ and the weight gradients: per
+    # block, then added in block order) are S = 1's up to their order.
+    inp = make_inputs(JCA, 3, 5, 24, 40, 3, k=12, tw=tw, dtype=dtype, seed=3)
+    gen = torch.Generator().manual_seed(4)
+    grads_out = [torch.randn(inp[n].shape, generator=gen).to(dtype) for n in ("xa", "xv")]
+    one, many, again = _split_runs(JCA, inp, 3, config, (1, split, split), {}, grads_out)
+    names = ["xa_out", "xv_out", "xa_iters", "xv_iters", *(f"grad {n}" for n in inp)]
+    assert len(one) == len(names)
+    for i, (name, a, b, c) in enumerate(zip(names, one, many, again)):
+        assert torch.equal(b, c), f"{name}: two runs with S = {split} differ"
+        if i < 4:
+            assert torch.equal(a, b), f"{name}: the forward with S = {split} differs from S = 1"
+        else:
+            assert_near_reordered_sum(name, a, b, dtype, row_tiles)
+
+
+def test_jca_heuristic_split_is_the_chosen_one():
+    # On the default emulated device (4 SMs x 2 blocks) B = 2 at da = 13, dv = 29 (tiles of 16
+    # rows: 1 + 2 row tiles) gets choose_split's ceil(4 / 2) = 2 blocks per sample: the same bits
+    # as forcing 2, the forward's those of S = 1 and the backward's near them.
+    assert cuda.cuda_emulator().choose_split(2, 4, 2, 3) == 2
+    inp = make_inputs(JCA, 2, 6, 13, 29, 3, k=5)
+    chosen, forced, one = _split_runs(JCA, inp, 3, {}, (0, 2, 1), {})
+    for i, (a, b, c) in enumerate(zip(one, chosen, forced)):
+        assert torch.equal(b, c)
+        if i < 4:
+            assert torch.equal(a, b)
+        else:
+            assert_near_reordered_sum("heuristic", a, b, torch.float32, 3)
+
+
+def test_jca_forced_split_beyond_the_resident_blocks_is_refused(emulated_device, monkeypatch):
+    # Forward and backward, forced by the config and, over it, by RJA_CUDA_SPLIT, as for the paper form.
+    emulated_device(2, 2)
+    inp = make_inputs(JCA, 3, 5, 24, 40, 1, k=4)
+    weights = tuple(t for n, t in inp.items() if n.startswith("w_"))
+    refused = r"split=2 needs B \* split = 6 resident blocks; the device holds 2 SMs x 2 = 4"
+    with cuda.emulated_config(split=1):
+        saved = cuda.jca_forward(inp["xa"], inp["xv"], weights, 1)
+    with cuda.emulated_config(split=2), pytest.raises(RuntimeError, match=f"jca forward: {refused}"):
+        cuda.jca_forward(inp["xa"], inp["xv"], weights, 1)
+    monkeypatch.setenv("RJA_CUDA_SPLIT", "2")
+    with cuda.emulated_config(split=1), pytest.raises(RuntimeError, match=f"jca backward: {refused}"):
+        cuda.jca_backward(*saved, weights)
+    monkeypatch.setenv("RJA_CUDA_SPLIT", "1")
+    with cuda.emulated_config(split=2):  # 3 x 2 blocks, refused without the override
         call_operator(JCA, inp, 1, "cuda")
 
 

@@ -19,7 +19,7 @@ struct Dims {
   float scale;  // 1 / sqrt(d)
   bool h_tanh, out_relu;  // the paper form's switches (SPEC section 1)
   bool mma;               // the paper form's forward on tensor cores (paper.cuh; host.h decides)
-  int split = 1;          // the paper form: thread blocks per sample (paper.cuh; host.h decides)
+  int split = 1;          // thread blocks per sample, both forms (paper.cuh, jca.cuh; host.h decides)
   RJA_HOST_DEVICE int d() const { return da + dv; }
   RJA_HOST_DEVICE int weight_set(int it) const { return Tw == 1 ? 0 : it; }
 };
@@ -50,6 +50,14 @@ struct Group {
       thread_fence();  // the other blocks' writes are seen after the wait
     }
     __syncthreads();
+  }
+
+  // Element `at` of the sum of the group's S partial sums `partials` [S, n], added in the order
+  // 0 .. S - 1 whichever block reads it: the same bits for a given S, whatever the schedule.
+  RJA_DEVICE float sum_in_order(Ptr<const float> partials, std::int64_t at, std::int64_t n) const {
+    float sum = partials[at];
+    for (int p = 1; p < parts; ++p) sum += partials[p * n + at];
+    return sum;
   }
 };
 

@@ -1,6 +1,6 @@
 // Host side of the kernels of both operators, shared by the CUDA extension (rja_cuda.cu) and the
 // emulated build (csrc/emu/module.cpp): argument checks, output allocation, shared memory sizing,
-// launch, and the paper form's weight-gradient reduction.
+// the thread blocks per sample (the split, both forms), launch, and the weight-gradient reductions.
 // Include after the torch headers: the emulated build's CUDA names are macros.
 #pragma once
 
@@ -23,7 +23,7 @@
 namespace rja {
 
 // Launch shape: threads per block, rows of x^T and joint features per tile, and thread blocks per
-// sample of the paper form's forward (0: choose_split decides).
+// sample of both forms' forward and backward (0: choose_split decides).
 struct Config {
   int threads = 256, rows = 32, cols = 64, split = 0;
 };
@@ -103,7 +103,7 @@ void launch_cooperative(void (*kernel)(KArgs...), int grid, int block, std::size
 }
 #endif
 
-// RJA_CUDA_SPLIT=S forces S thread blocks per sample of the paper form over Config::split and
+// RJA_CUDA_SPLIT=S forces S thread blocks per sample of both forms over Config::split and
 // choose_split (unset or 0: those decide), to compare launch shapes on a device.
 inline int split_from_env() {
   const char* v = std::getenv("RJA_CUDA_SPLIT");
@@ -117,22 +117,49 @@ inline int split_from_env() {
 }
 
 // Thread blocks per sample for a batch of B: the fewest that give every SM a block, ceil(sm_count
-// / B) (more would add barrier waits and partial sums, not SMs), at most one per column tile (the
-// unit of work they share) and at most what the resident blocks (sm_count x per_sm) allow for all
-// B samples at once, rounded down: all B x S blocks must be resident together. 1 where B alone
-// fills the device.
-inline int choose_split(std::int64_t B, int sm_count, int per_sm, int column_tiles) {
+// / B) (more would add barrier waits and partial sums, not SMs), at most one per unit of work they
+// share (`units`: the paper form's column tiles, the JCA form's row tiles) and at most what the
+// resident blocks (sm_count x per_sm) allow for all B samples at once, rounded down: all B x S
+// blocks must be resident together. 1 where B alone fills the device.
+inline int choose_split(std::int64_t B, int sm_count, int per_sm, int units) {
   if (B <= 0) return 1;
   const std::int64_t occupy = (std::int64_t(sm_count) + B - 1) / B;
   const std::int64_t fit = std::int64_t(sm_count) * per_sm / B;
-  return int(std::max<std::int64_t>(1, std::min<std::int64_t>({occupy, fit, std::int64_t(column_tiles)})));
+  return int(std::max<std::int64_t>(1, std::min<std::int64_t>({occupy, fit, std::int64_t(units)})));
 }
 
-// Floats of the split's workspace of partial sums for S > 1 blocks per sample (0 for S = 1): the
-// forward's [B, S, L, d] (U), the backward's [B, 2, S, L, d] (U and then gQ in one, gP; paper.cuh).
-inline std::int64_t split_workspace_floats(std::int64_t B, std::int64_t S, std::int64_t L, std::int64_t d,
-                                           bool backward) {
-  return S > 1 ? (backward ? 2 : 1) * B * S * L * d : 0;
+// Floats of the split's workspace for S > 1 blocks per sample (0 for S = 1), [B, sums, S, L, d]:
+// `sums` partial sums [L, d] per block. The paper forward's U (1), the paper backward's U and then
+// gQ in one, and gP (2; paper.cuh); the JCA backward's dJ, one per iteration parity (2; jca.cuh).
+// The JCA forward needs none.
+inline std::int64_t split_workspace_floats(std::int64_t B, std::int64_t S, std::int64_t L, std::int64_t d, int sums) {
+  return S > 1 ? sums * B * S * L * d : 0;
+}
+
+// Thread blocks per sample for `kernel` (`pass` names it in errors): RJA_CUDA_SPLIT's, cfg.split,
+// or choose_split's for the device and the `units` of work the blocks share; all B * split blocks
+// must be resident at once.
+template <class... KArgs>
+int split_for(void (*kernel)(KArgs...), int64_t B, int units, std::size_t smem, const Config& cfg, const char* pass) {
+  const int per_sm = blocks_per_sm(kernel, cfg.threads, smem), sms = sm_count();
+  const int from_env = split_from_env(), forced = from_env > 0 ? from_env : cfg.split;
+  const int split = forced > 0 ? forced : choose_split(B, sms, per_sm, units);
+  TORCH_CHECK(split == 1 || B * split <= int64_t(sms) * per_sm, "rja cuda ", pass, ": split=", split,
+              " needs B * split = ", B * split, " resident blocks; the device holds ", sms, " SMs x ", per_sm, " = ",
+              int64_t(sms) * per_sm);
+  return split;
+}
+
+// B blocks in an ordinary launch for one block per sample, else B * split blocks in a cooperative
+// one (all resident, as the barriers across a sample's blocks need).
+template <class... KArgs, class... Args>
+void launch_split(void (*kernel)(KArgs...), int64_t B, int split, int block, std::size_t shared_bytes,
+                  Args&&... args) {
+  if (split == 1) {
+    launch(kernel, int(B), block, shared_bytes, std::forward<Args>(args)...);
+  } else {
+    launch_cooperative(kernel, int(B * split), block, shared_bytes, std::forward<Args>(args)...);
+  }
 }
 
 // Runs f with a value of the kernel element type of `dtype`.
@@ -155,6 +182,7 @@ inline Dims dims_of(int64_t B, int64_t L, int64_t da, int64_t dv, int64_t k, int
                     bool h_tanh = false, bool out_relu = false) {
   TORCH_CHECK(cfg.threads >= 32 && cfg.threads <= 1024 && cfg.rows >= 1 && cfg.cols >= 1,
               "rja cuda: bad launch config: threads=", cfg.threads, " rows=", cfg.rows, " cols=", cfg.cols);
+  TORCH_CHECK(cfg.split >= 0, "rja cuda: split must be >= 0 (0: chosen for the device), got ", cfg.split);
   return Dims{int(B), int(L), int(da), int(dv), int(k), int(T), int(Tw), cfg.rows, cfg.cols,
               float(1.0 / std::sqrt(double(da + dv))), h_tanh, out_relu, false, 1};
 }
@@ -194,7 +222,7 @@ inline std::vector<at::Tensor> forward(const at::Tensor& xa, const at::Tensor& x
   check_features(xa, {&xa, &xv}, 3);
   check_weights(xa, w, 8);
   const int64_t B = xa.size(0), L = xa.size(1), da = xa.size(2), dv = xv.size(2);
-  const Dims s = dims_of(B, L, da, dv, w[2].size(1), iterations, w[2].size(0), cfg);
+  Dims s = dims_of(B, L, da, dv, w[2].size(1), iterations, w[2].size(0), cfg);
   auto xa_iters = at::empty({iterations, B, L, da}, xa.options());
   auto xv_iters = at::empty({iterations, B, L, dv}, xv.options());
   auto xa_out = at::empty_like(xa), xv_out = at::empty_like(xv);
@@ -202,6 +230,13 @@ inline std::vector<at::Tensor> forward(const at::Tensor& xa, const at::Tensor& x
   const std::size_t smem = shared_bytes_checked(SmemLayout(s, false).total, s, false, "jca");
   dispatch_element(xa.scalar_type(), [&](auto tag) {
     using K = decltype(tag);
+    s.split = split_for(forward_kernel<K>, B, row_tiles(s), smem, cfg, "jca forward");
+    at::Tensor counters;  // the split's workspace: its forward needs no partial sums
+    if (s.split > 1) counters = at::zeros({B}, xa.options().dtype(at::kInt));
+#ifdef RJA_EMULATE
+    xa_iters.fill_(NAN);  // a read of an iteration's features before they are written shows up as NaN
+    xv_iters.fill_(NAN);
+#endif
     ForwardArgs<K> a;
     a.xa = ptr<const K>(xa, "xa");
     a.xv = ptr<const K>(xv, "xv");
@@ -211,8 +246,9 @@ inline std::vector<at::Tensor> forward(const at::Tensor& xa, const at::Tensor& x
     a.xv_iters = ptr<K>(xv_iters, "xv_iters");
     a.xa_out = ptr<K>(xa_out, "xa_out");
     a.xv_out = ptr<K>(xv_out, "xv_out");
+    if (s.split > 1) a.counters = ptr<unsigned>(counters, "counters");
     a.s = s;
-    launch(forward_kernel<K>, int(B), cfg.threads, smem, a);
+    launch_split(forward_kernel<K>, B, s.split, cfg.threads, smem, a);
   });
   return {xa_out, xv_out, xa_iters, xv_iters};
 }
@@ -225,22 +261,40 @@ inline std::vector<at::Tensor> backward(const at::Tensor& grad_xa, const at::Ten
   check_weights(xa_iters, w, 8);
   const int64_t T = xa_iters.size(0), B = xa_iters.size(1), L = xa_iters.size(2), da = xa_iters.size(3);
   const int64_t dv = xv_iters.size(3), Tw = w[2].size(0);
-  const Dims s = dims_of(B, L, da, dv, w[2].size(1), T, Tw, cfg);
+  Dims s = dims_of(B, L, da, dv, w[2].size(1), T, Tw, cfg);
   auto grad_xa_in = at::empty_like(grad_xa), grad_xv_in = at::empty_like(grad_xv);
   const auto f32 = grad_xa.options().dtype(at::kFloat);
-  // Per-block partials, reduced below by a deterministic sum over the batch: no atomics, so the
-  // weight gradients are bitwise reproducible, and the partials cost O(B * weights) memory only.
+  // Per-block partials [B * S, Tw, ...], reduced below by a deterministic sum over the blocks and
+  // the batch: no atomics, so the weight gradients are bitwise reproducible, and the partials cost
+  // O(B * S * weights) memory only.
   std::vector<at::Tensor> partials;
-  for (const auto& t : w) {
-    std::vector<int64_t> shape{B};
-    shape.insert(shape.end(), t.sizes().begin(), t.sizes().end());
-    partials.push_back(at::empty(shape, f32));
-  }
-  if (B > 0) {
+  const auto allocate_partials = [&](int64_t blocks) {
+    for (const auto& t : w) {
+      std::vector<int64_t> shape{blocks};
+      shape.insert(shape.end(), t.sizes().begin(), t.sizes().end());
+      partials.push_back(at::empty(shape, f32));
+    }
+  };
+  if (B == 0) {
+    allocate_partials(0);
+  } else {
     const std::size_t smem = shared_bytes_checked(SmemLayout(s, true).total, s, true, "jca");
     auto work = at::empty({B, Workspace::floats(s)}, f32);
     dispatch_element(xa_iters.scalar_type(), [&](auto tag) {
       using K = decltype(tag);
+      s.split = split_for(backward_kernel<K>, B, row_tiles(s), smem, cfg, "jca backward");
+      allocate_partials(B * s.split);
+      at::Tensor dJ, counters;  // the split's workspace
+      if (s.split > 1) {
+        dJ = at::empty({split_workspace_floats(B, s.split, L, da + dv, 2)}, f32);
+        counters = at::zeros({B}, grad_xa.options().dtype(at::kInt));
+      }
+#ifdef RJA_EMULATE
+      for (at::Tensor* buf : {&work, &dJ}) {  // reads before writes show up as NaN
+        if (buf->defined()) buf->fill_(NAN);
+      }
+      for (at::Tensor& p : partials) p.fill_(NAN);
+#endif
       BackwardArgs<K> a;
       a.grad_xa = ptr<const K>(grad_xa, "grad_xa");
       a.grad_xv = ptr<const K>(grad_xv, "grad_xv");
@@ -256,8 +310,12 @@ inline std::vector<at::Tensor> backward(const at::Tensor& grad_xa, const at::Ten
       a.grad_xa_in = ptr<K>(grad_xa_in, "grad_xa_in");
       a.grad_xv_in = ptr<K>(grad_xv_in, "grad_xv_in");
       a.work = ptr<float>(work, "work");
+      if (s.split > 1) {
+        a.partials = ptr<float>(dJ, "partials");
+        a.counters = ptr<unsigned>(counters, "counters");
+      }
       a.s = s;
-      launch(backward_kernel<K>, int(B), cfg.threads, smem, a);
+      launch_split(backward_kernel<K>, B, s.split, cfg.threads, smem, a);
     });
   }
   std::vector<at::Tensor> grads{grad_xa_in, grad_xv_in};
@@ -281,19 +339,8 @@ inline Dims with_tensor_cores(Dims s, at::ScalarType dtype) {
   return s;
 }
 
-// Thread blocks per sample for `kernel`: RJA_CUDA_SPLIT's, cfg.split, or choose_split's for the
-// device; all B * split blocks must be resident at once.
-template <class... KArgs>
-int split_for(void (*kernel)(KArgs...), int64_t B, int64_t d, const Dims& s, std::size_t smem, const Config& cfg,
-              const char* pass) {
-  const int per_sm = blocks_per_sm(kernel, cfg.threads, smem), sms = sm_count();
-  const int from_env = split_from_env(), forced = from_env > 0 ? from_env : cfg.split;
-  const int split = forced > 0 ? forced : choose_split(B, sms, per_sm, int((d + s.E - 1) / s.E));
-  TORCH_CHECK(split == 1 || B * split <= int64_t(sms) * per_sm, "rja cuda paper ", pass, ": split=", split,
-              " needs B * split = ", B * split, " resident blocks; the device holds ", sms, " SMs x ", per_sm, " = ",
-              int64_t(sms) * per_sm);
-  return split;
-}
+// The units of work the S blocks of a sample share: the column tiles.
+inline int column_tiles(const Dims& s) { return (s.d() + s.E - 1) / s.E; }
 
 // forward(xa, xv, weights, T, h_tanh, out_relu) -> (xa_out, xv_out, xa_iters [T, B, L, da], xv_iters [T, B, L, dv])
 inline std::vector<at::Tensor> forward(const at::Tensor& xa, const at::Tensor& xv, at::TensorList w,
@@ -303,7 +350,6 @@ inline std::vector<at::Tensor> forward(const at::Tensor& xa, const at::Tensor& x
   const int64_t B = xa.size(0), L = xa.size(1), da = xa.size(2), dv = xv.size(2);
   TORCH_CHECK(iterations >= 1 && (w[0].size(0) == 1 || w[0].size(0) == iterations),
               "rja cuda: weights must hold 1 or T = ", iterations, " sets, got ", w[0].size(0));
-  TORCH_CHECK(cfg.split >= 0, "rja cuda: split must be >= 0 (0: chosen for the device), got ", cfg.split);
   Dims s = with_tensor_cores(dims_of(B, L, da, dv, 0, iterations, w[0].size(0), cfg, h_tanh, out_relu),
                              xa.scalar_type());
   auto xa_iters = at::empty({iterations, B, L, da}, xa.options());
@@ -315,10 +361,10 @@ inline std::vector<at::Tensor> forward(const at::Tensor& xa, const at::Tensor& x
   auto work = at::empty({B, Work::floats(s)}, f32);
   dispatch_element(xa.scalar_type(), [&](auto tag) {
     using K = decltype(tag);
-    s.split = split_for(forward_kernel<K>, B, da + dv, s, smem, cfg, "forward");
+    s.split = split_for(forward_kernel<K>, B, column_tiles(s), smem, cfg, "paper forward");
     at::Tensor partials, counters;  // the split's workspace
     if (s.split > 1) {
-      partials = at::empty({split_workspace_floats(B, s.split, L, da + dv, false)}, f32);
+      partials = at::empty({split_workspace_floats(B, s.split, L, da + dv, 1)}, f32);
       counters = at::zeros({B}, xa.options().dtype(at::kInt));
     }
 #ifdef RJA_EMULATE
@@ -339,11 +385,7 @@ inline std::vector<at::Tensor> forward(const at::Tensor& xa, const at::Tensor& x
       a.counters = make_ptr(reinterpret_cast<unsigned*>(counters.data_ptr()), counters.numel(), "counters");
     }
     a.s = s;
-    if (s.split == 1) {
-      launch(forward_kernel<K>, int(B), cfg.threads, smem, a);
-    } else {
-      launch_cooperative(forward_kernel<K>, int(B * s.split), cfg.threads, smem, a);
-    }
+    launch_split(forward_kernel<K>, B, s.split, cfg.threads, smem, a);
   });
   return {xa_out, xv_out, xa_iters, xv_iters};
 }
@@ -358,7 +400,6 @@ inline std::vector<at::Tensor> backward(const at::Tensor& grad_xa, const at::Ten
   const int64_t T = xa_iters.size(0), B = xa_iters.size(1), L = xa_iters.size(2), da = xa_iters.size(3);
   const int64_t dv = xv_iters.size(3), d = da + dv, Tw = w[0].size(0);
   TORCH_CHECK(Tw == 1 || Tw == T, "rja cuda: weights must hold 1 or T = ", T, " sets, got ", Tw);
-  TORCH_CHECK(cfg.split >= 0, "rja cuda: split must be >= 0 (0: chosen for the device), got ", cfg.split);
   Dims s = dims_of(B, L, da, dv, 0, T, Tw, cfg, h_tanh, out_relu);
   auto grad_xa_in = at::empty_like(grad_xa), grad_xv_in = at::empty_like(grad_xv);
   const auto f32 = grad_xa.options().dtype(at::kFloat);
@@ -369,10 +410,10 @@ inline std::vector<at::Tensor> backward(const at::Tensor& grad_xa, const at::Ten
     auto work = at::empty({B, Work::floats(s)}, f32);
     dispatch_element(xa_iters.scalar_type(), [&](auto tag) {
       using K = decltype(tag);
-      s.split = split_for(backward_kernel<K>, B, d, s, smem, cfg, "backward");
+      s.split = split_for(backward_kernel<K>, B, column_tiles(s), smem, cfg, "paper backward");
       at::Tensor partials, counters;  // the split's workspace
       if (s.split > 1) {
-        partials = at::empty({split_workspace_floats(B, s.split, L, d, true)}, f32);
+        partials = at::empty({split_workspace_floats(B, s.split, L, d, 2)}, f32);
         counters = at::zeros({B}, grad_xa.options().dtype(at::kInt));
       }
 #ifdef RJA_EMULATE
@@ -398,11 +439,7 @@ inline std::vector<at::Tensor> backward(const at::Tensor& grad_xa, const at::Ten
         a.counters = make_ptr(reinterpret_cast<unsigned*>(counters.data_ptr()), counters.numel(), "counters");
       }
       a.s = s;
-      if (s.split == 1) {
-        launch(backward_kernel<K>, int(B), cfg.threads, smem, a);
-      } else {
-        launch_cooperative(backward_kernel<K>, int(B * s.split), cfg.threads, smem, a);
-      }
+      launch_split(backward_kernel<K>, B, s.split, cfg.threads, smem, a);
     });
   }
   // The weight gradients, contracted over the batch (and the iterations when Tw = 1) by one

@@ -1,16 +1,30 @@
 // The fused kernels of the JCA form, `joint_cross_attention` (docs/SPEC.md section 2), compiled by
 // nvcc for the GPU and by the host compiler against csrc/emu/emu.h for the CPU tests.
 //
-// One thread block per batch element owns the whole sample, so all T iterations run in one launch:
-// the block writes iteration i's outputs to global memory (xa_iters/xv_iters[i + 1]) and
-// synchronises before iteration i + 1 reads them as its joint features J. Per modality m (rows
-// r of x_m^T, dm of them) the block takes R rows at a time:
+// The thread blocks of a sample own it for all T iterations, which run in one launch: iteration i
+// writes its outputs to global memory (xa_iters/xv_iters[i + 1]) and the blocks synchronise before
+// iteration i + 1 reads them as its joint features J. Per modality m (rows r of x_m^T, dm of them)
+// a block takes R rows at a time:
 //   P = x^T w_j                                  [R, L]   in shared memory
 //   for each tile of E joint features:           (J and w_c tiles staged in shared memory)
 //     C = tanh(P J_tile / sqrt(d))               [R, E]   in shared memory, never global
 //     Z += C w_c_tile^T                          [R, k]
 //   Z += x^T w_u^T;  out = x + (relu(Z) w_h^T)^T
 // The backward pass runs the iterations in reverse in one launch and recomputes the C tiles.
+//
+// Forward and backward give each sample S blocks (Dims::split, chosen by host.h to fill the GPU:
+// S = 1 is an ordinary launch, S > 1 a cooperative one with a barrier across the S blocks through
+// a counter in global memory, Group in common.cuh). They share the row tiles of both modalities,
+// numbered audio's first and dealt in turn, tile n to block n % S (for_own_row_tiles). A row
+// tile's outputs need no other row tile's, so the forward has one barrier per iteration (the next
+// reads all rows as J) and gives S = 1's bits for every S. In the backward a row's state (its
+// column of the gradient g, its P, gZ and gP) stays with the block that owns it, which needs no
+// barrier; the sums over rows go to per-block partials instead: dJ [L, d] (the J gradient, the
+// terms of all rows; one buffer per iteration parity, so a block may write the next iteration's
+// while slower ones still read these), added in the order 0 .. S - 1 by each column's owner after
+// the iteration's one barrier, and the weight gradients (one partial per block, summed over the
+// blocks and the batch by host.h). No float atomics: the same S gives the same bits run to run;
+// another S differs from S = 1 by the order of those sums only.
 #pragma once
 
 #include "common.cuh"
@@ -76,6 +90,21 @@ struct Tiles {
     }
   }
 };
+
+// Row tiles of x^T over both modalities: the units of work the S blocks of a sample share.
+RJA_HOST_DEVICE int row_tiles(const Dims& s) { return (s.da + s.R - 1) / s.R + (s.dv + s.R - 1) / s.R; }
+
+// f(row0, rows) for each row tile [row0, row0 + rows) of the modality with dm rows at offset off
+// (audio 0, visual da) that block g.part of its sample owns, in increasing order: all of them for
+// S = 1. The row tiles are numbered across both modalities, audio's first, and tile n belongs to
+// block n % S. Barriers in f are block-uniform: the block's tiles are.
+template <class F>
+RJA_DEVICE void for_own_row_tiles(int dm, int off, const Group& g, const Dims& s, const F& f) {
+  const int before = (off + s.R - 1) / s.R;  // the row tiles of the modalities before this one
+  for (int row0 = (g.part - before % g.parts + g.parts) % g.parts * s.R; row0 < dm; row0 += g.parts * s.R) {
+    f(row0, tile_size(dm, row0, s.R));
+  }
+}
 
 // One modality at one iteration: its features x [L, dm], which are columns [off, off + dm) of J
 // (and rows [off, off + dm) of the backward workspaces), and this iteration's weights.
@@ -166,15 +195,17 @@ struct ForwardArgs {
   Ptr<const K> w[8];    // w_ja, w_jv, w_a, w_v, w_ca, w_cv, w_ha, w_hv, each [Tw, ...]
   Ptr<K> xa_iters, xv_iters;  // [T, B, L, da|dv]: the input features of every iteration
   Ptr<K> xa_out, xv_out;      // [B, L, da|dv]
+  Ptr<unsigned> counters;     // split > 1: [B], zero: the samples' barrier counters (Group)
   Dims s;
 };
 
+// The block's row tiles of modality m at one iteration.
 template <class K>
-RJA_DEVICE void forward_modality(const Modality<K>& m, const Joint<K>& J, Ptr<K> out, const Tiles& t, const Dims& s) {
+RJA_DEVICE void forward_modality(const Modality<K>& m, const Joint<K>& J, Ptr<K> out, const Tiles& t, const Dims& s,
+                                 const Group& g) {
   load_small_weights(m, t, s);
   __syncthreads();
-  for (int row0 = 0; row0 < m.dm; row0 += s.R) {
-    const int rows = m.dm - row0 < s.R ? m.dm - row0 : s.R;
+  for_own_row_tiles(m.dm, m.off, g, s, [&](int row0, int rows) {
     attention_rows(m, J, t, s, row0, rows);
     RJA_BLOCK_LOOP(i, s.L * rows) {  // out = x + (relu(Z) w_h^T)^T, coalesced along the rows
       const int l = i / rows, r = i % rows;
@@ -183,36 +214,42 @@ RJA_DEVICE void forward_modality(const Modality<K>& m, const Joint<K>& J, Ptr<K>
       out[l * m.dm + row0 + r] = from_float<K>(acc);
     }
     __syncthreads();  // before the next rows (or modality) overwrite P, Z and the weights
-  }
+  });
 }
 
+// With s.split = S > 1 the S blocks b*S .. b*S + S - 1 share sample b (host.h launches them
+// cooperatively, all resident); S = 1 is an ordinary launch, one block per sample.
 template <class K>
 __global__ void forward_kernel(ForwardArgs<K> a) {
   RJA_DYNAMIC_SHARED(float, smem);
   const Dims s = a.s;
   const Tiles t(smem, s, false);
-  const std::int64_t b = blockIdx.x, na = std::int64_t(s.L) * s.da, nv = std::int64_t(s.L) * s.dv;
+  const int S = s.split;
+  const std::int64_t b = blockIdx.x / S, na = std::int64_t(s.L) * s.da, nv = std::int64_t(s.L) * s.dv;
   const std::int64_t B = s.B;
-  RJA_BLOCK_LOOP(i, int(na)) a.xa_iters[b * na + i] = a.xa[b * na + i];
-  RJA_BLOCK_LOOP(i, int(nv)) a.xv_iters[b * nv + i] = a.xv[b * nv + i];
-  __syncthreads();
+  Group g{int(blockIdx.x % S), S, S == 1 ? Ptr<unsigned>() : slice(a.counters, b, 1, "counters[b]")};
+  // Iteration 0 reads the input itself, so its copy into the saved features needs no barrier.
+  RJA_RANGE_LOOP(i, g.first(int(na)), g.last(int(na))) a.xa_iters[b * na + i] = a.xa[b * na + i];
+  RJA_RANGE_LOOP(i, g.first(int(nv)), g.last(int(nv))) a.xv_iters[b * nv + i] = a.xv[b * nv + i];
   for (int it = 0; it < s.T; ++it) {
     const int wi = s.weight_set(it);
-    const Ptr<const K> xa = slice(a.xa_iters, (it * B + b) * na, na, "xa_iters[i][b]");
-    const Ptr<const K> xv = slice(a.xv_iters, (it * B + b) * nv, nv, "xv_iters[i][b]");
+    const Ptr<const K> xa = it == 0 ? slice(a.xa, b * na, na, "xa[b]")
+                                    : slice(a.xa_iters, (it * B + b) * na, na, "xa_iters[i][b]");
+    const Ptr<const K> xv = it == 0 ? slice(a.xv, b * nv, nv, "xv[b]")
+                                    : slice(a.xv_iters, (it * B + b) * nv, nv, "xv_iters[i][b]");
     const bool last = it + 1 == s.T;
     const Ptr<K> out_a = last ? slice(a.xa_out, b * na, na, "xa_out[b]")
                               : slice(a.xa_iters, ((it + 1) * B + b) * na, na, "xa_iters[i+1][b]");
     const Ptr<K> out_v = last ? slice(a.xv_out, b * nv, nv, "xv_out[b]")
                               : slice(a.xv_iters, ((it + 1) * B + b) * nv, nv, "xv_iters[i+1][b]");
     const Joint<K> J{xa, xv, s.da, s.dv};
-    forward_modality(modality(xa, s.da, 0, a.w, 0, wi, s), J, out_a, t, s);
-    forward_modality(modality(xv, s.dv, s.da, a.w, 1, wi, s), J, out_v, t, s);
-    __syncthreads();  // iteration it + 1 reads what this one wrote
+    forward_modality(modality(xa, s.da, 0, a.w, 0, wi, s), J, out_a, t, s, g);
+    forward_modality(modality(xv, s.dv, s.da, a.w, 1, wi, s), J, out_v, t, s, g);
+    if (!last) g.barrier();  // iteration it + 1 reads every row this one wrote, all blocks'
   }
 }
 
-// Per-block fp32 workspace of the backward pass, in floats.
+// Per-sample fp32 workspace of the backward pass, in floats (BackwardState).
 struct Workspace {
   RJA_HOST_DEVICE static std::int64_t floats(const Dims& s) {
     const std::int64_t L = s.L, d = s.d();
@@ -226,12 +263,15 @@ struct BackwardArgs {
   Ptr<const K> xa_iters, xv_iters;    // [T, B, L, da|dv]
   Ptr<const K> w[8];                  // [Tw, ...]
   Ptr<K> grad_xa_in, grad_xv_in;      // [B, L, da|dv]
-  Ptr<float> grad_w[8];               // [B, Tw, ...]: per-block partial weight gradients
+  Ptr<float> grad_w[8];               // [B * S, Tw, ...]: per-block partial weight gradients
   Ptr<float> work;                    // [B, Workspace::floats]
+  Ptr<float> partials;                // split > 1: [B, 2, S, L, d], each block's dJ per iteration parity
+  Ptr<unsigned> counters;             // split > 1: [B], zero: the samples' barrier counters (Group)
   Dims s;
 };
 
-// The gradient buffers of one sample, fp32, rows of x^T indexed across both modalities [0, d).
+// The gradient buffers of one sample, fp32, rows of x^T indexed across both modalities [0, d); a
+// block reads and writes the rows (columns of g) of its own row tiles only.
 struct BackwardState {
   Ptr<float> g;     // [L, d]: gradient w.r.t. the current iteration's output, updated in place
   Ptr<float> P;     // [d, L]: x^T w_j of the iteration, kept from phase A for phase B
@@ -287,16 +327,16 @@ RJA_DEVICE void backward_rows(const Modality<K>& m, const Joint<K>& J, const Bac
   __syncthreads();
 }
 
-// Phase B, one column tile [col0, col0 + cols) and the rows of m: recompute C, then
+// Phase B, one column tile [col0, col0 + cols) and the block's rows of m: recompute C, then
 // gS = (gZ w_c) (1 - C^2) scale, grad w_c += gZ^T C, gJ += P^T gS, gP += gS J^T.
 template <class K>
 RJA_DEVICE void backward_column_tile(const Modality<K>& m, const BackwardState& st, int first, const Tiles& t,
-                                     const Dims& s, int col0, int cols) {
+                                     const Dims& s, int col0, int cols, const Group& g) {
   const int L = s.L, k = s.k, E = s.E;
   load_wc_tile(m, t, s, col0, cols);
   RJA_BLOCK_LOOP(i, k * cols) t.gWc[(i / cols) * E + i % cols] = 0.f;
-  for (int row0 = 0; row0 < m.dm; row0 += s.R) {
-    const int rows = m.dm - row0 < s.R ? m.dm - row0 : s.R, base = m.off + row0;
+  for_own_row_tiles(m.dm, m.off, g, s, [&](int row0, int rows) {
+    const int base = m.off + row0;
     RJA_BLOCK_LOOP(i, rows * L) t.P[i] = st.P[base * L + i];
     RJA_BLOCK_LOOP(i, rows * k) t.gZ[(i / k) * (k + 1) + i % k] = st.gZ[base * k + i];
     __syncthreads();
@@ -328,44 +368,67 @@ RJA_DEVICE void backward_column_tile(const Modality<K>& m, const BackwardState& 
       st.gP[(base + r) * L + l] += acc;
     }
     __syncthreads();
-  }
+  });
   RJA_BLOCK_LOOP(i, k * cols) {  // same (c, e) ownership as the zeroing above
     const int c = i / cols, e = i % cols;
     st.gw[4 + first][c * s.d() + col0 + e] += t.gWc[c * E + e];
   }
 }
 
-// Phase C for m: grad w_j += x gP and g += w_j gP^T, the last terms of the x gradient.
+// Phase C for the block's rows of m: grad w_j += x gP and g += w_j gP^T, the last terms of the x
+// gradient.
 template <class K>
 RJA_DEVICE void backward_joint_terms(const Modality<K>& m, const BackwardState& st, int first, const Tiles& t,
-                                     const Dims& s) {
+                                     const Dims& s, const Group& g) {
   const int L = s.L, d = s.d();
   RJA_BLOCK_LOOP(i, L * L) t.wj[i] = to_float(m.wj[i]);
   __syncthreads();
   RJA_BLOCK_LOOP(i, L * L) {
     const int lp = i / L, l = i % L;
     float acc = 0.f;
-    for (int r = 0; r < m.dm; ++r) acc += to_float(m.x[lp * m.dm + r]) * st.gP[(m.off + r) * L + l];
+    for_own_row_tiles(m.dm, m.off, g, s, [&](int row0, int rows) {
+      for (int r = row0; r < row0 + rows; ++r) acc += to_float(m.x[lp * m.dm + r]) * st.gP[(m.off + r) * L + l];
+    });
     st.gw[first][lp * L + l] += acc;
   }
-  RJA_BLOCK_LOOP(i, L * m.dm) {
-    const int l = i / m.dm, r = i % m.dm;
-    float acc = 0.f;
-    for (int lp = 0; lp < L; ++lp) acc += t.wj[l * L + lp] * st.gP[(m.off + r) * L + lp];
-    st.g[l * d + m.off + r] += acc;
-  }
+  for_own_row_tiles(m.dm, m.off, g, s, [&](int row0, int rows) {
+    RJA_BLOCK_LOOP(i, L * rows) {
+      const int l = i / rows, r = row0 + i % rows;
+      float acc = 0.f;
+      for (int lp = 0; lp < L; ++lp) acc += t.wj[l * L + lp] * st.gP[(m.off + r) * L + lp];
+      st.g[l * d + m.off + r] += acc;
+    }
+  });
   __syncthreads();
 }
 
+// f(l, c) for the elements [l, c] of an [L, d] buffer whose columns c (rows of x^T, both
+// modalities) are in the block's row tiles. No barrier.
+template <class F>
+RJA_DEVICE void for_own_columns(const Group& g, const Dims& s, const F& f) {
+  for (int m = 0; m < 2; ++m) {
+    const int dm = m == 0 ? s.da : s.dv, off = m == 0 ? 0 : s.da;
+    for_own_row_tiles(dm, off, g, s, [&](int row0, int rows) {
+      RJA_BLOCK_LOOP(i, s.L * rows) f(i / rows, off + row0 + i % rows);
+    });
+  }
+}
+
+// With s.split = S > 1 the S blocks b*S .. b*S + S - 1 share sample b as in the forward, each
+// with its own partial weight gradients; per iteration one barrier, before the owners of the
+// columns of g add the S partial dJ. S = 1 (an ordinary launch) adds its dJ straight into g.
 template <class K>
 __global__ void backward_kernel(BackwardArgs<K> a) {
   RJA_DYNAMIC_SHARED(float, smem);
   const Dims s = a.s;
   const Tiles t(smem, s, true);
-  const int L = s.L, k = s.k, d = s.d();
-  const std::int64_t b = blockIdx.x, B = s.B, na = std::int64_t(L) * s.da, nv = std::int64_t(L) * s.dv;
+  const int L = s.L, k = s.k, d = s.d(), S = s.split;
+  const std::int64_t b = blockIdx.x / S, B = s.B, na = std::int64_t(L) * s.da, nv = std::int64_t(L) * s.dv;
   const std::int64_t ld = std::int64_t(L) * d;
+  const bool alone = S == 1;
+  Group group{int(blockIdx.x % S), S, alone ? Ptr<unsigned>() : slice(a.counters, b, 1, "counters[b]")};
   const Ptr<float> work = slice(a.work, b * Workspace::floats(s), Workspace::floats(s), "work[b]");
+  const Ptr<float> dJ_parts = alone ? Ptr<float>() : slice(a.partials, b * 2 * S * ld, 2 * S * ld, "partials[b]");
   BackwardState st;
   st.g = slice(work, 0, ld, "work.g");
   st.P = slice(work, ld, ld, "work.P");
@@ -373,50 +436,63 @@ __global__ void backward_kernel(BackwardArgs<K> a) {
   st.gP = slice(work, 2 * ld + std::int64_t(d) * k, ld, "work.gP");
   // Weight gradient sizes in the order of a.w; this block's partials start at zero.
   const std::int64_t sizes[8] = {L * L, L * L, k * L, k * L, std::int64_t(k) * d, std::int64_t(k) * d, L * k, L * k};
+  const std::int64_t block = blockIdx.x;
   for (int w = 0; w < 8; ++w) {
-    const Ptr<float> mine = slice(a.grad_w[w], b * s.Tw * sizes[w], s.Tw * sizes[w], "grad_w[b]");
+    const Ptr<float> mine = slice(a.grad_w[w], block * s.Tw * sizes[w], s.Tw * sizes[w], "grad_w[block]");
     RJA_BLOCK_LOOP(i, int(s.Tw * sizes[w])) mine[i] = 0.f;
   }
-  RJA_BLOCK_LOOP(i, int(ld)) {
-    const int l = i / d, c = i % d;
-    st.g[i] = c < s.da ? to_float(a.grad_xa[b * na + l * s.da + c]) : to_float(a.grad_xv[b * nv + l * s.dv + c - s.da]);
-  }
+  for_own_columns(group, s, [&](int l, int c) {
+    st.g[l * d + c] = c < s.da ? to_float(a.grad_xa[b * na + l * s.da + c])
+                               : to_float(a.grad_xv[b * nv + l * s.dv + c - s.da]);
+  });
   __syncthreads();
   for (int it = s.T - 1; it >= 0; --it) {
     const int wi = s.weight_set(it);
-    for (int w = 0; w < 8; ++w) st.gw[w] = slice(a.grad_w[w], (b * s.Tw + wi) * sizes[w], sizes[w], "grad_w[b][i]");
+    for (int w = 0; w < 8; ++w) {
+      st.gw[w] = slice(a.grad_w[w], (block * s.Tw + wi) * sizes[w], sizes[w], "grad_w[block][i]");
+    }
     const Ptr<const K> xa = slice(a.xa_iters, (it * B + b) * na, na, "xa_iters[i][b]");
     const Ptr<const K> xv = slice(a.xv_iters, (it * B + b) * nv, nv, "xv_iters[i][b]");
     const Joint<K> J{xa, xv, s.da, s.dv};
     const Modality<K> mods[2] = {modality(xa, s.da, 0, a.w, 0, wi, s), modality(xv, s.dv, s.da, a.w, 1, wi, s)};
-    for (int first = 0; first < 2; ++first) {  // phase A: per row tile
-      load_small_weights(mods[first], t, s);
+    for (int first = 0; first < 2; ++first) {  // phase A: per row tile of the block's
+      const Modality<K>& m = mods[first];
+      load_small_weights(m, t, s);
       __syncthreads();
-      for (int row0 = 0; row0 < mods[first].dm; row0 += s.R) {
-        backward_rows(mods[first], J, st, first, t, s, row0, mods[first].dm - row0 < s.R ? mods[first].dm - row0 : s.R);
-      }
+      for_own_row_tiles(m.dm, m.off, group, s,
+                        [&](int row0, int rows) { backward_rows(m, J, st, first, t, s, row0, rows); });
     }
+    // dJ sums over the rows of all blocks: this block's part of it, one buffer per iteration parity.
+    const Ptr<float> dJ = alone ? Ptr<float>() : slice(dJ_parts, it % 2 * S * ld, S * ld, "partials[b][parity]");
+    const Ptr<float> dJ_mine = alone ? Ptr<float>() : slice(dJ, group.part * ld, ld, "partials[b][parity][part]");
     for (int col0 = 0; col0 < d; col0 += s.E) {  // phase B: per column tile, both modalities
       const int cols = d - col0 < s.E ? d - col0 : s.E;
       load_joint_tile(J, t, s, col0, cols);
       RJA_BLOCK_LOOP(i, L * cols) t.gJ[(i / cols) * s.E + i % cols] = 0.f;
-      for (int first = 0; first < 2; ++first) backward_column_tile(mods[first], st, first, t, s, col0, cols);
+      for (int first = 0; first < 2; ++first) backward_column_tile(mods[first], st, first, t, s, col0, cols, group);
       RJA_BLOCK_LOOP(i, L * cols) {  // same (l, e) ownership as the zeroing above
         const int l = i / cols, e = i % cols;
-        st.g[l * d + col0 + e] += t.gJ[l * s.E + e];
+        if (alone) {
+          st.g[l * d + col0 + e] += t.gJ[l * s.E + e];
+        } else {
+          dJ_mine[l * d + col0 + e] = t.gJ[l * s.E + e];
+        }
       }
       __syncthreads();
     }
-    for (int first = 0; first < 2; ++first) backward_joint_terms(mods[first], st, first, t, s);  // phase C
-  }
-  RJA_BLOCK_LOOP(i, int(ld)) {
-    const int l = i / d, c = i % d;
-    if (c < s.da) {
-      a.grad_xa_in[b * na + l * s.da + c] = from_float<K>(st.g[i]);
-    } else {
-      a.grad_xv_in[b * nv + l * s.dv + c - s.da] = from_float<K>(st.g[i]);
+    if (!alone) {
+      group.barrier();  // every block's partial dJ of this iteration is written
+      for_own_columns(group, s, [&](int l, int c) { st.g[l * d + c] += group.sum_in_order(dJ, l * d + c, ld); });
     }
+    for (int first = 0; first < 2; ++first) backward_joint_terms(mods[first], st, first, t, s, group);  // phase C
   }
+  for_own_columns(group, s, [&](int l, int c) {
+    if (c < s.da) {
+      a.grad_xa_in[b * na + l * s.da + c] = from_float<K>(st.g[l * d + c]);
+    } else {
+      a.grad_xv_in[b * nv + l * s.dv + c - s.da] = from_float<K>(st.g[l * d + c]);
+    }
+  });
 }
 
 }  // namespace jca

@@ -341,7 +341,7 @@ RJA_DEVICE void add_update(const Modality<K>& m, const Tiles<K>& t, const Dims& 
 // the column tiles. Alone (g.parts == 1) the block sums them into U; in a group of S blocks block
 // g.part sums its tiles g.part, g.part + S, ..., in that order, into its partial U (the caller
 // passes its slice of the [S, L, d] partials; all zero for a block without tiles), and the S
-// partials are added once all are written (sum_of_partials). Barriers inside; ends with one where
+// partials are added once all are written (Group::sum_in_order). Barriers inside; ends with one where
 // the block has a tile (the lone block always has), so its U is complete.
 template <class K>
 RJA_DEVICE void update_pass(const Modality<K>* mods, const Joint<K>& J, Ptr<const float> P, Ptr<const float> Q,
@@ -388,17 +388,11 @@ struct ForwardArgs {
 
 // Element `at` of the sum of a sample's S partial sums [S, L * d], added in the order 0 .. S - 1
 // whichever block reads it: the same bits for a given S, whatever the schedule.
-RJA_DEVICE float sum_of_partials(Ptr<const float> partials, std::int64_t at, const Dims& s) {
-  const std::int64_t ld = std::int64_t(s.L) * s.d();
-  float sum = partials[at];
-  for (int p = 1; p < s.split; ++p) sum += partials[p * ld + at];
-  return sum;
-}
-
-// Element i of U[:, off : off + dm] (alone: U itself, [L, d]; else the partials [S, L, d]).
-RJA_DEVICE float reduced_update(Ptr<const float> U, int i, int dm, int off, const Dims& s, bool alone) {
+// Element i of U[:, off : off + dm] (alone: U itself, [L, d]; else the sum of the partials [S, L, d]).
+RJA_DEVICE float reduced_update(Ptr<const float> U, int i, int dm, int off, const Dims& s, const Group& g,
+                                bool alone) {
   const int at = i / dm * s.d() + off + i % dm;
-  return alone ? U[at] : sum_of_partials(U, at, s);
+  return alone ? U[at] : g.sum_in_order(U, at, std::int64_t(s.L) * s.d());
 }
 
 // With s.split = S > 1 the S blocks b*S .. b*S + S - 1 share sample b (host.h launches them
@@ -439,7 +433,7 @@ __global__ void forward_kernel(ForwardArgs<K> a) {
     for (int mi = 0; mi < 2; ++mi) {  // out = x + U (x + relu(U)), coalesced along the features
       const Modality<K>& m = mods[mi];
       RJA_RANGE_LOOP(i, g.first(L * m.dm), g.last(L * m.dm)) {
-        const float u = reduced_update(U, i, m.dm, m.off, s, alone);
+        const float u = reduced_update(U, i, m.dm, m.off, s, g, alone);
         outs[mi][i] = from_float<K>(to_float(m.x[i]) + (s.out_relu ? relu(u) : u));
       }
     }
@@ -579,7 +573,7 @@ __global__ void backward_kernel(BackwardArgs<K> a) {
       update_pass(mods, J, work.P, work.Q, alone ? gU : mine(U_parts, "partials[b].U[part]"), t, s, group);
       group.barrier();  // every block's partial U is written
       RJA_RANGE_LOOP(i, first, last) {
-        const float u = alone ? gU[i] : sum_of_partials(U_parts, i, s);
+        const float u = alone ? gU[i] : group.sum_in_order(U_parts, i, ld);
         gU[i] = g[i] * (u > 0.f ? 1.f : 0.f);
       }
     } else {
@@ -610,8 +604,8 @@ __global__ void backward_kernel(BackwardArgs<K> a) {
     if (!alone) {
       group.barrier();  // every block's partial gQ and gP are written
       RJA_RANGE_LOOP(i, first, last) {
-        gQ[i] = sum_of_partials(gQ_parts, i, s);
-        gP[i] = sum_of_partials(gP_parts, i, s);
+        gQ[i] = group.sum_in_order(gQ_parts, i, ld);
+        gP[i] = group.sum_in_order(gP_parts, i, ld);
       }
     }
     group.barrier();  // gQ and gP are complete

@@ -11,7 +11,7 @@ namespace {
 
 using rja::Ptr;
 
-rja::Config config(int64_t threads, int64_t rows, int64_t cols, int64_t split = 0) {
+rja::Config config(int64_t threads, int64_t rows, int64_t cols, int64_t split) {
   return {int(threads), int(rows), int(cols), int(split)};
 }
 
@@ -29,14 +29,14 @@ std::vector<at::Tensor> paper_backward(const at::Tensor& grad_xa, const at::Tens
 }
 
 std::vector<at::Tensor> jca_forward(const at::Tensor& xa, const at::Tensor& xv, const std::vector<at::Tensor>& weights,
-                                    int64_t iterations, int64_t threads, int64_t rows, int64_t cols) {
-  return rja::jca::forward(xa, xv, weights, iterations, config(threads, rows, cols));
+                                    int64_t iterations, int64_t threads, int64_t rows, int64_t cols, int64_t split) {
+  return rja::jca::forward(xa, xv, weights, iterations, config(threads, rows, cols, split));
 }
 
 std::vector<at::Tensor> jca_backward(const at::Tensor& grad_xa, const at::Tensor& grad_xv, const at::Tensor& xa_iters,
                                      const at::Tensor& xv_iters, const std::vector<at::Tensor>& weights, int64_t threads,
-                                     int64_t rows, int64_t cols) {
-  return rja::jca::backward(grad_xa, grad_xv, xa_iters, xv_iters, weights, config(threads, rows, cols));
+                                     int64_t rows, int64_t cols, int64_t split) {
+  return rja::jca::backward(grad_xa, grad_xv, xa_iters, xv_iters, weights, config(threads, rows, cols, split));
 }
 
 // --- kernels that test the emulator ---
@@ -273,9 +273,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("jca_forward", &jca_forward, "emulated rja::cuda_jca_forward on CPU tensors");
   m.def("jca_backward", &jca_backward, "emulated rja::cuda_jca_backward on CPU tensors");
   m.def("max_shared_bytes", &rja::max_shared_bytes);
-  m.def("choose_split", &rja::choose_split, "thread blocks per sample of the paper forward (host.h)");
+  m.def("choose_split", &rja::choose_split, "thread blocks per sample of either form (host.h)");
   m.def("split_workspace_floats", &rja::split_workspace_floats,
-        "floats of the paper form's partial sums for (B, S, L, d, backward) (host.h)");
+        "floats of the split's partial sums for (B, S, L, d, sums per block) (host.h)");
   m.def("set_device", &set_device, "set the emulated device (SM count, blocks per SM); returns the previous");
   m.def("blocks_per_sm", [](int64_t threads, int64_t shared_bytes) {
     return emu::max_active_blocks_per_sm(int(threads), std::size_t(shared_bytes));
