@@ -50,11 +50,12 @@ stage benchmark "${RJA_GPU_BENCH_SECONDS:-400}" "$PY" -P -m pytest -q -p no:cach
   benchmarks/test_bench_gpu.py --benchmark-only --benchmark-json="$OUT/bench_gpu.json" \
   --benchmark-columns=median,min,max,rounds "${select[@]}"
 # RJA_GPU_SPLIT_AB=1: the paper form's kernels again with one program (block) per sample
-# (RJA_TRITON_SPLIT=1, RJA_CUDA_SPLIT=1), against the splits chosen in the run above.
+# (RJA_TRITON_SPLIT=1, RJA_CUDA_SPLIT=1), against the splits chosen in the run above;
+# RJA_GPU_SPLIT_AB_K selects other benchmarks (the JCA form's: "jca-form-paper and ...").
 if [ "${RJA_GPU_SPLIT_AB:-0}" = 1 ]; then
   RJA_TRITON_SPLIT=1 RJA_CUDA_SPLIT=1 stage benchmark-split1 "${RJA_GPU_SPLIT_AB_SECONDS:-150}" "$PY" -P -m pytest \
     -q -p no:cacheprovider -s benchmarks/test_bench_gpu.py --benchmark-only \
-    -k "paper-form-paper and (cuda or triton) and not compile and not eager" \
+    -k "${RJA_GPU_SPLIT_AB_K:-paper-form-paper and (cuda or triton) and not compile and not eager}" \
     --benchmark-json="$OUT/bench_gpu_split1.json" --benchmark-columns=median,min,max,rounds
 fi
 cat "$OUT/summary.txt"
