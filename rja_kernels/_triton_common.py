@@ -309,3 +309,21 @@ def copy_cols(src, dst, L, src_cols, dst_cols, col0_src, col0_dst, n, s, SPLIT: 
 def copy_rows(src, dst, L, DM, s, SPLIT: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr):
     """dst[:L, :DM] = src[:L, :DM] (both row-major with DM columns); this program's share as `copy_cols`."""
     copy_cols(src, dst, L, DM, DM, 0, 0, DM, s, SPLIT, BL, BD)
+
+
+@device_fn
+def iteration_gradients(g0, partials, t, L, D, s, SPLIT: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr):
+    """The backward's fp32 `[L, D]` buffers at step `t`: `g_cur`, the gradient of the iteration's
+    output, and `g_next`, of its input (the two ping-ponged from `g0`), zeroed (this program's
+    share); and where `dJ` is added, `g_next` itself for one program per sample, else this
+    program's own partial in `partials [SPLIT, L, D]`, zeroed whole."""
+    nd = L * D
+    g_cur = g0 + (t % 2) * nd
+    g_next = g0 + ((t + 1) % 2) * nd
+    zero_rows(g_next, L, D, s, SPLIT, BL, BD)
+    if SPLIT > 1:
+        g_join = partials + s * nd
+        zero_rows(g_join, L, D, 0, 1, BL, BD)
+    else:
+        g_join = g_next
+    return g_cur, g_next, g_join

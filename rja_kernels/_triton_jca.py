@@ -39,6 +39,7 @@ from rja_kernels._triton_common import (
     device_fn,
     dot,
     dot_precision,
+    iteration_gradients,
     load_j_tile,
     pad16,
     prune_by_length,
@@ -47,7 +48,6 @@ from rja_kernels._triton_common import (
     tanh,
     tanh_and_grad,
     tile_configs,
-    zero_rows,
 )
 
 # In the interpreter: tiles large enough that the small test shapes take few (slow, interpreted)
@@ -253,14 +253,7 @@ def _jca_bwd_kernel(grad_xa, grad_xv, xa_it, xv_it, w_ja, w_jv, w_a, w_v, w_ca, 
     n_kd = TW * K * D
     for t in range(T):
         i = T - 1 - t  # last iteration first
-        g_cur = g0 + (t % 2) * nd
-        g_next = g0 + ((t + 1) % 2) * nd
-        zero_rows(g_next, L, D, s, SPLIT, BL, BD)
-        if SPLIT > 1:
-            g_join = partials + s * nd
-            zero_rows(g_join, L, D, 0, 1, BL, BD)
-        else:
-            g_join = g_next
+        g_cur, g_next, g_join = iteration_gradients(g0, partials, t, L, D, s, SPLIT, BL, BD)
         sample_barrier(cnt, (3 * t + 1) * SPLIT, SPLIT)
         src_a = xa_it + (i * B + b) * na
         src_v = xv_it + (i * B + b) * nv

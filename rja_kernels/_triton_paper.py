@@ -66,6 +66,7 @@ from rja_kernels._triton_common import (
     dot,
     dot_f32,
     dot_precision,
+    iteration_gradients,
     load_j_tile,
     pad16,
     prune_by_length,
@@ -74,7 +75,6 @@ from rja_kernels._triton_common import (
     tanh,
     tanh_and_grad,
     tile_configs,
-    zero_rows,
 )
 
 # In the interpreter: tiles smaller than the tests' odd sizes, so every loop takes several trips and
@@ -388,14 +388,7 @@ def _paper_bwd_kernel(grad_xa, grad_xv, xa_it, xv_it, w_ja, w_jv, w_ca, w_cv, w_
     copy_cols(grad_xv + b * nv, g0, L, DV, D, 0, DA, DV, s, SPLIT, BL, BD)
     for t in range(T):
         i = T - 1 - t  # last iteration first
-        g_cur = g0 + (t % 2) * nd
-        g_next = g0 + ((t + 1) % 2) * nd
-        zero_rows(g_next, L, D, s, SPLIT, BL, BD)
-        if SPLIT > 1:
-            g_join = partials + s * nd
-            zero_rows(g_join, L, D, 0, 1, BL, BD)
-        else:
-            g_join = g_next
+        g_cur, g_next, g_join = iteration_gradients(g0, partials, t, L, D, s, SPLIT, BL, BD)
         src_a = xa_it + (i * B + b) * na
         src_v = xv_it + (i * B + b) * nv
         wi = tl.where(TW == 1, 0, i)
