@@ -181,16 +181,12 @@ void pack_joint_tile(const Dims<T>& D, const T* xa_b, const T* xv_b, int64_t c0,
   }
 }
 
-// The sample's P = x^T w_j [dm][lp], times the scale with `scaled`.
+// The sample's P = x^T w_j [dm][lp], times the scale with `scaled` (times 1, exact, without).
 template <typename T>
 void prepare_sample(const Dims<T>& D, const ModalityWeights<T>& W, int64_t dm, const T* x_b, TileScratch<T>& s,
                     bool scaled = false) {
-  if (scaled) {
-    gemm<T>(dm, D.lp / kLanes<T>, D.L, x_b, 1, dm, W.wj.data(), D.lp, s.ps.data(), D.lp, false,
-            ScaleEpilogue<T>{D.scale});
-  } else {
-    gemm<T>(dm, D.lp / kLanes<T>, D.L, x_b, 1, dm, W.wj.data(), D.lp, s.ps.data(), D.lp, false);
-  }
+  gemm<T>(dm, D.lp / kLanes<T>, D.L, x_b, 1, dm, W.wj.data(), D.lp, s.ps.data(), D.lp, false,
+          ScaleEpilogue<T>{scaled ? D.scale : T(1)});
 }
 
 // Forward of one column tile: H[b][:, c0:c0+kTile] (ld ldh) = act(Q C[:, tile]). Per chunk of rows
