@@ -12,7 +12,7 @@ an iterate moves a relu kink.
 
 The emulated launch shape (`cuda.EMULATED_CONFIG`: 64 threads, tiles of 16 rows and 48 features)
 is smaller than the sizes below, so every tiled loop takes several tiles and a ragged last one. Its
-tiles are multiples of 16, so float16 and bfloat16 run the paper form's forward on (emulated) tensor
+tiles are multiples of 16, so float16 and bfloat16 run both forms' forwards on (emulated) tensor
 cores, as on the GPU; other launch shapes run them on CUDA cores.
 """
 
@@ -324,6 +324,31 @@ def test_jca_single_sample_and_clip(dtype):
 @pytest.mark.parametrize("config", LAUNCH_SHAPES, ids=LAUNCH_IDS)
 def test_jca_launch_shapes(config):
     check(JCA, 2, 6, 24, 40, 2, 2, torch.float32, k=12, config=config)
+
+
+@pytest.mark.parametrize("config", TENSOR_CORE_SHAPES, ids=["partial-warp", "single-tile", "gpu-config"])
+@pytest.mark.parametrize("dtype", LOW_DTYPES, ids=str)
+def test_jca_tensor_core_launch_shapes(dtype, config):
+    # L = 20 pads to 32 and k = 20 to 32 (two mma tiles each, the second ragged); d = 42, da = 13,
+    # dv = 29: ragged row and column tiles.
+    check(JCA, 2, 20, 13, 29, 2, 2, dtype, k=20, config=config)
+
+
+@pytest.mark.parametrize("split", SPLITS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_jca_tensor_cores_take_the_16_bit_forward_only(dtype, split, emulated_device):
+    # As for the paper form: the forward of float16/bfloat16 at tiles of multiples of 16 runs on
+    # tensor cores, with any split; float32, the backward and other tiles stay on CUDA cores.
+    emulated_device(8, 2)  # room for 3 samples x 3 blocks
+    inp = make_inputs(JCA, 3, 6, 13, 29, 2, k=12, dtype=dtype)
+    weights = tuple(t for n, t in inp.items() if n.startswith("w_"))
+    saved = []
+    with cuda.emulated_config(split=split):
+        forward = _mma_calls(lambda: saved.extend(cuda.jca_forward(inp["xa"], inp["xv"], weights, 2)))
+        assert (forward > 0) == (dtype != torch.float32)
+        assert _mma_calls(lambda: cuda.jca_backward(saved[0], saved[1], saved[2], saved[3], weights)) == 0
+    ragged = {"threads": 40, "rows": 7, "cols": 5, "split": split}
+    assert _mma_calls(lambda: check(JCA, 3, 6, 13, 29, 2, 1, dtype, k=12, config=ragged)) == 0
 
 
 def test_jca_shared_memory_limit_is_reported():

@@ -7,6 +7,8 @@
 // (row stride); a stride of cols + 1 makes a walk down a column touch 32 different banks.
 #pragma once
 
+#include <type_traits>
+
 #include "compat.cuh"
 
 namespace rja {
@@ -18,7 +20,7 @@ struct Dims {
   int R, E;  // tile sizes: rows of x^T (rows of C) and joint features (columns of C) per tile
   float scale;  // 1 / sqrt(d)
   bool h_tanh, out_relu;  // the paper form's switches (SPEC section 1)
-  bool mma;               // the paper form's forward on tensor cores (paper.cuh; host.h decides)
+  bool mma;               // the forward on tensor cores, both forms (paper.cuh, jca.cuh; host.h decides)
   int split = 1;          // thread blocks per sample, both forms (paper.cuh, jca.cuh; host.h decides)
   RJA_HOST_DEVICE int d() const { return da + dv; }
   RJA_HOST_DEVICE int weight_set(int it) const { return Tw == 1 ? 0 : it; }
@@ -61,6 +63,26 @@ struct Group {
   }
 };
 
+// Shared memory of one block cut into buffers, in floats; every buffer starts 32-byte aligned
+// (WMMA tiles), whatever its element type.
+struct SmemArena {
+  struct Span {
+    int at = 0, n = 0;  // start in floats, size in elements of the buffer's type
+  };
+  int total = 0;
+  RJA_HOST_DEVICE Span take(int n, int bytes) {
+    const Span span{total, n};
+    total += (n * bytes + 31) / 32 * 8;
+    return span;
+  }
+};
+
+// The buffer `span` of the shared memory smem as elements of T.
+template <class T>
+RJA_DEVICE Ptr<T> smem_buffer(Ptr<float> smem, SmemArena::Span span, const char* name) {
+  return reinterpret_slice<T>(smem, span.at, span.n, name);
+}
+
 // Size of the tile starting at `start` of a dimension of size n cut in tiles of `tile`.
 RJA_HOST_DEVICE int tile_size(int n, int start, int tile) { return n - start < tile ? n - start : tile; }
 
@@ -101,12 +123,13 @@ RJA_DEVICE Ptr<const K> weight_slice(Ptr<const K> w, int set, std::int64_t n, co
   return slice(w, std::int64_t(set) * n, n, name);
 }
 
-// Jt[l, e] = J[l, col0 + e] for e < cols (row stride ld).
-template <class K>
-RJA_DEVICE void stage_joint_tile(const Joint<K>& J, Ptr<float> Jt, int ld, int L, int col0, int cols) {
-  RJA_BLOCK_LOOP(i, L * cols) {
-    const int l = i / cols, e = i % cols;
-    Jt[l * ld + e] = J(l, col0 + e);
+// Jt[l, e] = J[l, col0 + e] for l < L, e < cols (row stride ld), and 0 on to [Lp, Ep) (an mma
+// operand's padding; Lp = L, Ep = cols pad nothing). Exact in T = K or float: J is K.
+template <class K, class T>
+RJA_DEVICE void stage_joint_tile(const Joint<K>& J, Ptr<T> Jt, int ld, int L, int col0, int cols, int Lp, int Ep) {
+  RJA_BLOCK_LOOP(i, Lp * Ep) {
+    const int l = i / Ep, e = i % Ep;
+    Jt[l * ld + e] = from_float<T>(l < L && e < cols ? J(l, col0 + e) : 0.f);
   }
 }
 
@@ -141,16 +164,18 @@ RJA_DEVICE constexpr bool tensor_cores() {
 }
 
 #if RJA_WMMA
-// Out[M, N] = A[M, Kd] B[Kd, N] (+ Out with accumulate) on tensor cores (WMMA m16n16k16): A and B
-// row-major 16-bit, Out row-major float, the products of the 16-bit operands summed in float32.
+// Out[M, N] = A[M, Kd] B[Kd, N] (+ Out with accumulate) on tensor cores (WMMA m16n16k16): A
+// row-major and B in LayoutB (col_major: B[k, n] at B[n * ldb + k]), both 16-bit, Out row-major
+// float, the products of the 16-bit operands summed in float32.
 // M, N, Kd are multiples of 16, leading dimensions multiples of 8 (A, B) and 4 (Out), and the
 // buffers 32-byte aligned, which keeps every 16 x 16 tile aligned. The full warps take the tiles
 // of Out in turn; a partial last warp sits out, as WMMA needs all 32 lanes. No barrier: A, B (and
 // Out) must be complete, and the result is complete for all threads after the next barrier.
-template <class T>
+template <class T, class LayoutB = nvcuda::wmma::row_major>
 RJA_DEVICE void mma_tiles(int M, int N, int Kd, Ptr<const T> A, int lda, Ptr<const T> B, int ldb, Ptr<float> Out,
                           int ldo, bool accumulate) {
   namespace wmma = nvcuda::wmma;
+  constexpr bool b_rows = std::is_same_v<LayoutB, wmma::row_major>;
   const int warp = int(threadIdx.x) / 32, warps = int(blockDim.x) / 32, tiles_n = N / 16;
   if (warp >= warps) return;
   for (int tile = warp; tile < M / 16 * tiles_n; tile += warps) {
@@ -164,12 +189,26 @@ RJA_DEVICE void mma_tiles(int M, int N, int Kd, Ptr<const T> A, int lda, Ptr<con
     }
     for (int k0 = 0; k0 < Kd; k0 += 16) {
       wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> b;
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, LayoutB> b;
       wmma::load_matrix_sync(a, A + i0 * lda + k0, unsigned(lda));
-      wmma::load_matrix_sync(b, B + k0 * ldb + j0, unsigned(ldb));
+      wmma::load_matrix_sync(b, B + (b_rows ? k0 * ldb + j0 : j0 * ldb + k0), unsigned(ldb));
       wmma::mma_sync(acc, a, b, acc);
     }
     wmma::store_matrix_sync(out, acc, unsigned(ldo), wmma::mem_row_major);
+  }
+}
+
+// correlation_tile on tensor cores: C16[r, e] = tanh(scale * S[r, e]) for r < R, e < E, with the
+// product S = P16 J16 ([R, Lp] [Lp, E], P16 and J16 zero past their staged rows and columns, so C16
+// is tanh(0) = 0 there) in the float buffer S. Barrier inside; C16 is complete after the next one.
+template <class K>
+RJA_DEVICE void correlation_tile_mma(int R, int E, int Lp, Ptr<const K> P16, int ldp, Ptr<const K> J16, int ldj,
+                                     Ptr<float> S, int lds, Ptr<K> C16, int ldc, float scale) {
+  mma_tiles<K>(R, E, Lp, P16, ldp, J16, ldj, S, lds, false);
+  __syncthreads();
+  RJA_BLOCK_LOOP(i, R * E) {
+    const int r = i / E, e = i % E;
+    C16[r * ldc + e] = from_float<K>(tanh_of<K>(S[r * lds + e] * scale));
   }
 }
 #endif

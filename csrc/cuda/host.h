@@ -212,6 +212,14 @@ inline void check_features(const at::Tensor& like, std::initializer_list<const a
   }
 }
 
+// The forward's tensor-core path of both forms (paper.cuh, jca.cuh) takes 16-bit elements with
+// tiles of multiples of 16 (WMMA's m16n16k16) on a device with bfloat16 WMMA (sm_80+); everything
+// else, and the backward, runs on CUDA cores.
+inline Dims with_tensor_cores(Dims s, at::ScalarType dtype) {
+  s.mma = dtype != at::kFloat && s.R % 16 == 0 && s.E % 16 == 0 && device_has_bf16_wmma();
+  return s;
+}
+
 // ---- the JCA form (jca.cuh) ---------------------------------------------------------------------
 
 namespace jca {
@@ -222,7 +230,7 @@ inline std::vector<at::Tensor> forward(const at::Tensor& xa, const at::Tensor& x
   check_features(xa, {&xa, &xv}, 3);
   check_weights(xa, w, 8);
   const int64_t B = xa.size(0), L = xa.size(1), da = xa.size(2), dv = xv.size(2);
-  Dims s = dims_of(B, L, da, dv, w[2].size(1), iterations, w[2].size(0), cfg);
+  Dims s = with_tensor_cores(dims_of(B, L, da, dv, w[2].size(1), iterations, w[2].size(0), cfg), xa.scalar_type());
   auto xa_iters = at::empty({iterations, B, L, da}, xa.options());
   auto xv_iters = at::empty({iterations, B, L, dv}, xv.options());
   auto xa_out = at::empty_like(xa), xv_out = at::empty_like(xv);
@@ -330,14 +338,6 @@ inline std::vector<at::Tensor> backward(const at::Tensor& grad_xa, const at::Ten
 namespace paper {
 
 inline constexpr const char* kWeightNames[6] = {"w_ja", "w_jv", "w_ca", "w_cv", "w_ha", "w_hv"};
-
-// The forward's tensor-core path (paper.cuh) takes 16-bit elements with tiles of multiples of 16
-// (WMMA's m16n16k16) on a device with bfloat16 WMMA (sm_80+); everything else, and the backward,
-// runs on CUDA cores.
-inline Dims with_tensor_cores(Dims s, at::ScalarType dtype) {
-  s.mma = dtype != at::kFloat && s.R % 16 == 0 && s.E % 16 == 0 && device_has_bf16_wmma();
-  return s;
-}
 
 // The units of work the S blocks of a sample share: the column tiles.
 inline int column_tiles(const Dims& s) { return (s.d() + s.E - 1) / s.E; }

@@ -12,6 +12,16 @@
 //   Z += x^T w_u^T;  out = x + (relu(Z) w_h^T)^T
 // The backward pass runs the iterations in reverse in one launch and recomputes the C tiles.
 //
+// Tensor cores. For float16 and bfloat16 (with tiles of multiples of 16 on an sm_80+ device:
+// Dims::mma, host.h) the forward's two large contractions, C = tanh(P J_tile / sqrt(d)) (R x E
+// over L) and Z += C w_c_tile^T (R x k over E: at L = 16, k = 32 these are all but a few percent
+// of the work), run on WMMA (mma_tiles, common.cuh) with float32 accumulators, Z accumulating in
+// place; their operands P, J, C and w_c are rounded to the element type, as the eager reference
+// rounds its intermediates. The small products (P, x^T w_u^T and the output's relu(Z) w_h^T: O(L)
+// per element of x against the big ones' O(d)) stay float32 on CUDA cores, and so do float32
+// inputs and the backward, which keeps the relu mask of Z from 16-bit operands out of its
+// gradients (as in paper.cuh).
+//
 // Forward and backward give each sample S blocks (Dims::split, chosen by host.h to fill the GPU:
 // S = 1 is an ordinary launch, S > 1 a cooperative one with a barrier across the S blocks through
 // a counter in global memory, Group in common.cuh). They share the row tiles of both modalities,
@@ -32,61 +42,110 @@
 namespace rja {
 namespace jca {
 
-// Shared memory of one block, in floats. Strides k + 1 and E + 1 keep the column walks of the
-// Z and w_c tiles free of bank conflicts.
-struct SmemLayout {
-  int wj, wu, wh, P, Jt, Wct, C, Z;  // forward and backward
-  int G, gZ, gS, gWc, gJ;            // backward only
-  int total;
+// Shared memory of one block, in floats; every buffer starts 32-byte aligned (WMMA tiles). Strides
+// k + 1 and E + 1 keep the column walks of the Z and w_c tiles free of bank conflicts. The
+// forward's tensor-core path (s.mma) pads L to Lp and k to kp, multiples of 16, and has the 16-bit
+// mma operands and a float tile for the product P J in place of the float P, J, w_c and C tiles;
+// its row strides are 16 bytes more than a multiple of 16 elements, so the rows of a WMMA tile
+// start in different banks.
+struct SmemLayout : SmemArena {
+  int Lp, kp, ldZ, ldP16, ld16, ldS;  // padded L and k, and row strides
+  Span wj, wu, wh, Z;                 // float
+  Span P, Jt, Wct, C;                 // float, CUDA-core path only
+  Span G, gZ, gS, gWc, gJ;            // float, backward only
+  Span P16, J16, Wc16, C16, S;        // tensor-core path only
   RJA_HOST_DEVICE SmemLayout(const Dims& s, bool backward) {
     const int L = s.L, k = s.k, R = s.R, E = s.E;
-    wj = 0;
-    wu = wj + L * L;
-    wh = wu + k * L;
-    P = wh + L * k;
-    Jt = P + R * L;
-    Wct = Jt + L * E;
-    C = Wct + k * (E + 1);
-    Z = C + R * E;
-    G = Z + R * (k + 1);
-    gZ = G + L * R;
-    gS = gZ + R * (k + 1);
-    gWc = gS + R * E;
-    gJ = gWc + k * E;
-    total = backward ? gJ + L * E : G;
+    Lp = s.mma ? (L + 15) / 16 * 16 : L;
+    kp = s.mma ? (k + 15) / 16 * 16 : k;
+    ldZ = s.mma ? kp + 4 : k + 1;
+    ldP16 = Lp + 8;
+    ld16 = E + 8;
+    ldS = E + 4;
+    wj = take(L * L, 4);
+    wu = take(k * L, 4);
+    wh = take(L * k, 4);
+    Z = take(R * ldZ, 4);
+    if (!s.mma) {
+      P = take(R * L, 4);
+      Jt = take(L * E, 4);
+      Wct = take(k * (E + 1), 4);
+      C = take(R * E, 4);
+    }
+    if (backward) {
+      G = take(L * R, 4);
+      gZ = take(R * (k + 1), 4);
+      gS = take(R * E, 4);
+      gWc = take(k * E, 4);
+      gJ = take(L * E, 4);
+    }
+    if (s.mma) {
+      P16 = take(R * ldP16, 2);
+      J16 = take(Lp * ld16, 2);
+      Wc16 = take(kp * ld16, 2);
+      C16 = take(R * ld16, 2);
+      S = take(R * ldS, 4);
+    }
   }
 };
 
+template <class K>
 struct Tiles {
   Ptr<float> wj, wu, wh;  // this modality's w_j [L, L], w_u [k, L], w_h [L, k]
+  Ptr<float> Z;           // [R, ldZ] pre-activation of the attention map
+  // P, Jt, Wct, C: the CUDA-core path only.
   Ptr<float> P;           // [R, L]
   Ptr<float> Jt;          // [L, E]   joint-feature tile
   Ptr<float> Wct;         // [k, E+1] w_c tile
   Ptr<float> C;           // [R, E]   tanh tile
-  Ptr<float> Z;           // [R, k+1] pre-activation of the attention map
   Ptr<float> G;           // [L, R]   backward: incoming gradient of the rows
   Ptr<float> gZ;          // [R, k+1] backward: gradient of Z
   Ptr<float> gS;          // [R, E]   backward: gradient of the pre-tanh tile
   Ptr<float> gWc;         // [k, E]   backward: w_c gradient of the column tile
   Ptr<float> gJ;          // [L, E]   backward: J gradient of the column tile
+  // The forward's tensor-core path: the mma operands in 16 bits, zero past the ragged or padded edges.
+  bool mma;  // this path is taken
+  int Lp, kp, ldZ, ldP16, ld16, ldS;
+  Ptr<K> P16;    // [R, ldP16]  P rows
+  Ptr<K> J16;    // [Lp, ld16]  J tile
+  Ptr<K> Wc16;   // [kp, ld16]  w_c tile, rows c: the col-major B operand of C w_c^T
+  Ptr<K> C16;    // [R, ld16]   tanh tile
+  Ptr<float> S;  // [R, ldS]    P J before its tanh
 
   RJA_DEVICE Tiles(Ptr<float> smem, const Dims& s, bool backward) {
     const SmemLayout at(s, backward);
-    const int L = s.L, k = s.k, R = s.R, E = s.E;
-    wj = slice(smem, at.wj, L * L, "smem.wj");
-    wu = slice(smem, at.wu, k * L, "smem.wu");
-    wh = slice(smem, at.wh, L * k, "smem.wh");
-    P = slice(smem, at.P, R * L, "smem.P");
-    Jt = slice(smem, at.Jt, L * E, "smem.Jt");
-    Wct = slice(smem, at.Wct, k * (E + 1), "smem.Wct");
-    C = slice(smem, at.C, R * E, "smem.C");
-    Z = slice(smem, at.Z, R * (k + 1), "smem.Z");
+    const auto f32 = [&](SmemLayout::Span span, const char* name) { return smem_buffer<float>(smem, span, name); };
+    const auto k16 = [&](SmemLayout::Span span, const char* name) { return smem_buffer<K>(smem, span, name); };
+    wj = f32(at.wj, "smem.wj");
+    wu = f32(at.wu, "smem.wu");
+    wh = f32(at.wh, "smem.wh");
+    Z = f32(at.Z, "smem.Z");
+    if (!s.mma) {
+      P = f32(at.P, "smem.P");
+      Jt = f32(at.Jt, "smem.Jt");
+      Wct = f32(at.Wct, "smem.Wct");
+      C = f32(at.C, "smem.C");
+    }
     if (backward) {
-      G = slice(smem, at.G, L * R, "smem.G");
-      gZ = slice(smem, at.gZ, R * (k + 1), "smem.gZ");
-      gS = slice(smem, at.gS, R * E, "smem.gS");
-      gWc = slice(smem, at.gWc, k * E, "smem.gWc");
-      gJ = slice(smem, at.gJ, L * E, "smem.gJ");
+      G = f32(at.G, "smem.G");
+      gZ = f32(at.gZ, "smem.gZ");
+      gS = f32(at.gS, "smem.gS");
+      gWc = f32(at.gWc, "smem.gWc");
+      gJ = f32(at.gJ, "smem.gJ");
+    }
+    mma = tensor_cores<K>() && s.mma;
+    Lp = at.Lp;
+    kp = at.kp;
+    ldZ = at.ldZ;
+    ldP16 = at.ldP16;
+    ld16 = at.ld16;
+    ldS = at.ldS;
+    if (mma) {
+      P16 = k16(at.P16, "smem.P16");
+      J16 = k16(at.J16, "smem.J16");
+      Wc16 = k16(at.Wc16, "smem.Wc16");
+      C16 = k16(at.C16, "smem.C16");
+      S = f32(at.S, "smem.S");
     }
   }
 };
@@ -128,62 +187,99 @@ RJA_DEVICE Modality<K> modality(Ptr<const K> x, int dm, int off, const Ptr<const
 }
 
 template <class K>
-RJA_DEVICE void load_small_weights(const Modality<K>& m, const Tiles& t, const Dims& s) {
+RJA_DEVICE void load_small_weights(const Modality<K>& m, const Tiles<K>& t, const Dims& s) {
   RJA_BLOCK_LOOP(i, s.L * s.L) t.wj[i] = to_float(m.wj[i]);
   RJA_BLOCK_LOOP(i, s.k * s.L) t.wu[i] = to_float(m.wu[i]);
   RJA_BLOCK_LOOP(i, s.L * s.k) t.wh[i] = to_float(m.wh[i]);
 }
 
 template <class K>
-RJA_DEVICE void load_joint_tile(const Joint<K>& J, const Tiles& t, const Dims& s, int col0, int cols) {
-  stage_joint_tile(J, t.Jt, s.E, s.L, col0, cols);
-}
-
-template <class K>
-RJA_DEVICE void load_wc_tile(const Modality<K>& m, const Tiles& t, const Dims& s, int col0, int cols) {
+RJA_DEVICE void load_wc_tile(const Modality<K>& m, const Tiles<K>& t, const Dims& s, int col0, int cols) {
   RJA_BLOCK_LOOP(i, s.k * cols) {
     const int c = i / cols, e = i % cols;
     t.Wct[c * (s.E + 1) + e] = to_float(m.wc[c * s.d() + col0 + e]);
   }
 }
 
+// Stages the J and w_c tiles of the columns [col0, col0 + cols): float, or in 16 bits on the
+// tensor-core path, zero past the columns and L (J) or k (w_c), so their products add nothing there.
+template <class K>
+RJA_DEVICE void stage_column_tile(const Modality<K>& m, const Joint<K>& J, const Tiles<K>& t, const Dims& s, int col0,
+                                  int cols) {
+  const int L = s.L, k = s.k, E = s.E, d = s.d();
+  if (t.mma) {
+    stage_joint_tile(J, t.J16, t.ld16, L, col0, cols, t.Lp, E);
+    RJA_BLOCK_LOOP(i, t.kp * E) {
+      const int c = i / E, e = i % E;
+      t.Wc16[c * t.ld16 + e] = c < k && e < cols ? m.wc[c * d + col0 + e] : from_float<K>(0.f);
+    }
+  } else {
+    stage_joint_tile(J, t.Jt, E, L, col0, cols, L, cols);
+    load_wc_tile(m, t, s, col0, cols);
+  }
+}
+
 // C = tanh(P J_tile * scale) for the staged P rows and J tile; in the backward also tanh' into gS.
+// On the forward's tensor-core path all [R, E] of C16, with a barrier inside.
 template <class K, bool kDerivative = false>
-RJA_DEVICE void tanh_tile(const Tiles& t, const Dims& s, int rows, int cols) {
+RJA_DEVICE void tanh_tile(const Tiles<K>& t, const Dims& s, int rows, int cols) {
+  if constexpr (tensor_cores<K>() && !kDerivative) {
+    if (t.mma) {
+      correlation_tile_mma<K>(s.R, s.E, t.Lp, t.P16, t.ldP16, t.J16, t.ld16, t.S, t.ldS, t.C16, t.ld16, s.scale);
+      return;
+    }
+  }
   correlation_tile<K, kDerivative>(t.P, t.Jt, s.E, t.C, s.E, rows, cols, s.L, s.scale, t.gS);
 }
 
 // Z of rows [row0, row0 + rows) of modality m, streaming over the joint features in tiles of E;
-// leaves P and Z in shared memory. Expects the small weights staged and synchronised.
+// leaves P (P16 on the tensor-core path) and Z in shared memory. Expects the small weights staged
+// and synchronised. On the tensor-core path P J and Z += C w_c^T run on WMMA (mma_tiles) over all
+// [R, kp] of Z, zero past the rows and k.
 template <class K>
-RJA_DEVICE void attention_rows(const Modality<K>& m, const Joint<K>& J, const Tiles& t, const Dims& s, int row0,
+RJA_DEVICE void attention_rows(const Modality<K>& m, const Joint<K>& J, const Tiles<K>& t, const Dims& s, int row0,
                                int rows) {
-  const int L = s.L, k = s.k, d = s.d();
-  RJA_BLOCK_LOOP(i, rows * L) {
-    const int r = i / L, l = i % L;
+  const int L = s.L, k = s.k, d = s.d(), R = s.R;
+  const int prows = t.mma ? R : rows, pcols = t.mma ? t.Lp : L;
+  RJA_BLOCK_LOOP(i, prows * pcols) {
+    const int r = i / pcols, l = i % pcols;
     float acc = 0.f;
-    for (int lp = 0; lp < L; ++lp) acc += to_float(m.x[lp * m.dm + row0 + r]) * t.wj[lp * L + l];
-    t.P[r * L + l] = acc;
+    if (r < rows && l < L) {
+      for (int lp = 0; lp < L; ++lp) acc += to_float(m.x[lp * m.dm + row0 + r]) * t.wj[lp * L + l];
+    }
+    if (t.mma) {
+      t.P16[r * t.ldP16 + l] = from_float<K>(acc);
+    } else {
+      t.P[r * L + l] = acc;
+    }
   }
-  RJA_BLOCK_LOOP(i, rows * k) {  // the unimodal term x^T w_u^T
-    const int r = i / k, c = i % k;
+  const int zrows = t.mma ? R : rows, zcols = t.mma ? t.kp : k;
+  RJA_BLOCK_LOOP(i, zrows * zcols) {  // the unimodal term x^T w_u^T
+    const int r = i / zcols, c = i % zcols;
     float acc = 0.f;
-    for (int l = 0; l < L; ++l) acc += to_float(m.x[l * m.dm + row0 + r]) * t.wu[c * L + l];
-    t.Z[r * (k + 1) + c] = acc;
+    if (r < rows && c < k) {
+      for (int l = 0; l < L; ++l) acc += to_float(m.x[l * m.dm + row0 + r]) * t.wu[c * L + l];
+    }
+    t.Z[r * t.ldZ + c] = acc;
   }
   for (int col0 = 0; col0 < d; col0 += s.E) {
     const int cols = d - col0 < s.E ? d - col0 : s.E;
     __syncthreads();  // P is complete; the previous tile's readers are done
-    load_joint_tile(J, t, s, col0, cols);
-    load_wc_tile(m, t, s, col0, cols);
+    stage_column_tile(m, J, t, s, col0, cols);
     __syncthreads();
     tanh_tile<K>(t, s, rows, cols);
     __syncthreads();
+    if constexpr (tensor_cores<K>()) {
+      if (t.mma) {
+        mma_tiles<K, nvcuda::wmma::col_major>(R, t.kp, s.E, t.C16, t.ld16, t.Wc16, t.ld16, t.Z, t.ldZ, true);
+        continue;
+      }
+    }
     RJA_BLOCK_LOOP(i, rows * k) {  // same (r, c) ownership as the initialisation above
       const int r = i / k, c = i % k;
       float acc = 0.f;
       for (int e = 0; e < cols; ++e) acc += t.C[r * s.E + e] * t.Wct[c * (s.E + 1) + e];
-      t.Z[r * (k + 1) + c] += acc;
+      t.Z[r * t.ldZ + c] += acc;
     }
   }
   __syncthreads();
@@ -201,7 +297,7 @@ struct ForwardArgs {
 
 // The block's row tiles of modality m at one iteration.
 template <class K>
-RJA_DEVICE void forward_modality(const Modality<K>& m, const Joint<K>& J, Ptr<K> out, const Tiles& t, const Dims& s,
+RJA_DEVICE void forward_modality(const Modality<K>& m, const Joint<K>& J, Ptr<K> out, const Tiles<K>& t, const Dims& s,
                                  const Group& g) {
   load_small_weights(m, t, s);
   __syncthreads();
@@ -210,7 +306,7 @@ RJA_DEVICE void forward_modality(const Modality<K>& m, const Joint<K>& J, Ptr<K>
     RJA_BLOCK_LOOP(i, s.L * rows) {  // out = x + (relu(Z) w_h^T)^T, coalesced along the rows
       const int l = i / rows, r = i % rows;
       float acc = to_float(m.x[l * m.dm + row0 + r]);
-      for (int c = 0; c < s.k; ++c) acc += t.wh[l * s.k + c] * fmaxf(t.Z[r * (s.k + 1) + c], 0.f);
+      for (int c = 0; c < s.k; ++c) acc += t.wh[l * s.k + c] * fmaxf(t.Z[r * t.ldZ + c], 0.f);
       out[l * m.dm + row0 + r] = from_float<K>(acc);
     }
     __syncthreads();  // before the next rows (or modality) overwrite P, Z and the weights
@@ -223,7 +319,7 @@ template <class K>
 __global__ void forward_kernel(ForwardArgs<K> a) {
   RJA_DYNAMIC_SHARED(float, smem);
   const Dims s = a.s;
-  const Tiles t(smem, s, false);
+  const Tiles<K> t(smem, s, false);
   const int S = s.split;
   const std::int64_t b = blockIdx.x / S, na = std::int64_t(s.L) * s.da, nv = std::int64_t(s.L) * s.dv;
   const std::int64_t B = s.B;
@@ -284,7 +380,7 @@ struct BackwardState {
 // gZ, w_h, w_u and the x terms grad_out + w_u^T gZ^T.
 template <class K>
 RJA_DEVICE void backward_rows(const Modality<K>& m, const Joint<K>& J, const BackwardState& st, int first,
-                              const Tiles& t, const Dims& s, int row0, int rows) {
+                              const Tiles<K>& t, const Dims& s, int row0, int rows) {
   const int L = s.L, k = s.k, d = s.d(), R = s.R, base = m.off + row0;
   attention_rows(m, J, t, s, row0, rows);
   RJA_BLOCK_LOOP(i, L * rows) {
@@ -301,7 +397,7 @@ RJA_DEVICE void backward_rows(const Modality<K>& m, const Joint<K>& J, const Bac
     const int r = i / k, c = i % k;
     float acc = 0.f;
     for (int l = 0; l < L; ++l) acc += t.G[l * R + r] * t.wh[l * k + c];
-    const float gz = t.Z[r * (k + 1) + c] > 0.f ? acc : 0.f;
+    const float gz = t.Z[r * t.ldZ + c] > 0.f ? acc : 0.f;
     t.gZ[r * (k + 1) + c] = gz;
     st.gZ[(base + r) * k + c] = gz;
   }
@@ -309,7 +405,7 @@ RJA_DEVICE void backward_rows(const Modality<K>& m, const Joint<K>& J, const Bac
   RJA_BLOCK_LOOP(i, L * k) {  // grad w_h += grad_out relu(Z)
     const int l = i / k, c = i % k;
     float acc = 0.f;
-    for (int r = 0; r < rows; ++r) acc += t.G[l * R + r] * fmaxf(t.Z[r * (k + 1) + c], 0.f);
+    for (int r = 0; r < rows; ++r) acc += t.G[l * R + r] * fmaxf(t.Z[r * t.ldZ + c], 0.f);
     st.gw[6 + first][l * k + c] += acc;
   }
   RJA_BLOCK_LOOP(i, k * L) {  // grad w_u += gZ^T x^T
@@ -330,7 +426,7 @@ RJA_DEVICE void backward_rows(const Modality<K>& m, const Joint<K>& J, const Bac
 // Phase B, one column tile [col0, col0 + cols) and the block's rows of m: recompute C, then
 // gS = (gZ w_c) (1 - C^2) scale, grad w_c += gZ^T C, gJ += P^T gS, gP += gS J^T.
 template <class K>
-RJA_DEVICE void backward_column_tile(const Modality<K>& m, const BackwardState& st, int first, const Tiles& t,
+RJA_DEVICE void backward_column_tile(const Modality<K>& m, const BackwardState& st, int first, const Tiles<K>& t,
                                      const Dims& s, int col0, int cols, const Group& g) {
   const int L = s.L, k = s.k, E = s.E;
   load_wc_tile(m, t, s, col0, cols);
@@ -378,7 +474,7 @@ RJA_DEVICE void backward_column_tile(const Modality<K>& m, const BackwardState& 
 // Phase C for the block's rows of m: grad w_j += x gP and g += w_j gP^T, the last terms of the x
 // gradient.
 template <class K>
-RJA_DEVICE void backward_joint_terms(const Modality<K>& m, const BackwardState& st, int first, const Tiles& t,
+RJA_DEVICE void backward_joint_terms(const Modality<K>& m, const BackwardState& st, int first, const Tiles<K>& t,
                                      const Dims& s, const Group& g) {
   const int L = s.L, d = s.d();
   RJA_BLOCK_LOOP(i, L * L) t.wj[i] = to_float(m.wj[i]);
@@ -421,7 +517,7 @@ template <class K>
 __global__ void backward_kernel(BackwardArgs<K> a) {
   RJA_DYNAMIC_SHARED(float, smem);
   const Dims s = a.s;
-  const Tiles t(smem, s, true);
+  const Tiles<K> t(smem, s, true);
   const int L = s.L, k = s.k, d = s.d(), S = s.split;
   const std::int64_t b = blockIdx.x / S, B = s.B, na = std::int64_t(L) * s.da, nv = std::int64_t(L) * s.dv;
   const std::int64_t ld = std::int64_t(L) * d;
@@ -467,7 +563,7 @@ __global__ void backward_kernel(BackwardArgs<K> a) {
     const Ptr<float> dJ_mine = alone ? Ptr<float>() : slice(dJ, group.part * ld, ld, "partials[b][parity][part]");
     for (int col0 = 0; col0 < d; col0 += s.E) {  // phase B: per column tile, both modalities
       const int cols = d - col0 < s.E ? d - col0 : s.E;
-      load_joint_tile(J, t, s, col0, cols);
+      stage_joint_tile(J, t.Jt, s.E, L, col0, cols, L, cols);
       RJA_BLOCK_LOOP(i, L * cols) t.gJ[(i / cols) * s.E + i % cols] = 0.f;
       for (int first = 0; first < 2; ++first) backward_column_tile(mods[first], st, first, t, s, col0, cols, group);
       RJA_BLOCK_LOOP(i, L * cols) {  // same (l, e) ownership as the zeroing above

@@ -51,16 +51,12 @@ namespace paper {
 // 16-bit mma operands and a float tile for products in place of the float J, P, Q and C tiles; their
 // row strides are 16 bytes more than a multiple of 16 elements, so the rows of a WMMA tile start in
 // different banks.
-struct SmemLayout {
-  struct Span {
-    int at = 0, n = 0;  // start in floats, size in elements of the buffer's type
-  };
+struct SmemLayout : SmemArena {
   int Lp, ld16, ldP16, ldQ16, ldS;       // tensor-core path: padded L and row strides
   Span G;                                // float
   Span Jt, Pt, Qt, C;                    // float, CUDA-core path only
   Span gG, gJ, gS, W;                    // float, backward only
   Span J16, P16, Q16, C16, H16, W16, S;  // tensor-core path only
-  int total = 0;
   RJA_HOST_DEVICE SmemLayout(const Dims& s, bool backward) {
     const int L = s.L, R = s.R, E = s.E;
     Lp = s.mma ? (L + 15) / 16 * 16 : L;
@@ -91,11 +87,6 @@ struct SmemLayout {
       S = take((R > Lp ? R : Lp) * ldS, 4);
     }
   }
-  RJA_HOST_DEVICE Span take(int n, int bytes) {
-    const Span span{total, n};
-    total += (n * bytes + 31) / 32 * 8;
-    return span;
-  }
 };
 
 template <class K>
@@ -123,10 +114,10 @@ struct Tiles {
 
   RJA_DEVICE Tiles(Ptr<float> smem, const Dims& s, bool backward) {
     const SmemLayout at(s, backward);
-    const auto f32_slice = [&](SmemLayout::Span span, const char* name) { return slice(smem, span.at, span.n, name); };
-    const auto k_slice = [&](SmemLayout::Span span, const char* name) {
-      return reinterpret_slice<K>(smem, span.at, span.n, name);
+    const auto f32_slice = [&](SmemLayout::Span span, const char* name) {
+      return smem_buffer<float>(smem, span, name);
     };
+    const auto k_slice = [&](SmemLayout::Span span, const char* name) { return smem_buffer<K>(smem, span, name); };
     G = f32_slice(at.G, "smem.G");
     if (!s.mma) {
       Jt = f32_slice(at.Jt, "smem.Jt");
@@ -217,12 +208,9 @@ template <class K>
 RJA_DEVICE void stage_joint(const Joint<K>& J, const Tiles<K>& t, const Dims& s, int col0, int cols) {
   const int L = s.L, E = s.E;
   if (t.mma) {
-    RJA_BLOCK_LOOP(i, t.Lp * E) {
-      const int l = i / E, e = i % E;
-      t.J16[l * t.ld16 + e] = from_float<K>(l < L && e < cols ? J(l, col0 + e) : 0.f);  // exact: J is K
-    }
+    stage_joint_tile(J, t.J16, t.ld16, L, col0, cols, t.Lp, E);
   } else {
-    stage_joint_tile(J, t.Jt, E + 1, L, col0, cols);
+    stage_joint_tile(J, t.Jt, E + 1, L, col0, cols, L, cols);
   }
 }
 
@@ -257,12 +245,7 @@ RJA_DEVICE void correlation(const Tiles<K>& t, const Dims& s, int rows, int cols
   const int R = s.R, E = s.E;
   if constexpr (tensor_cores<K>() && !kDerivative) {
     if (t.mma) {
-      mma_tiles<K>(R, E, t.Lp, t.P16, t.ldP16, t.J16, t.ld16, t.S, t.ldS, false);
-      __syncthreads();
-      RJA_BLOCK_LOOP(i, R * E) {  // all of C16: past the staged rows and columns it is tanh(0) = 0
-        const int r = i / E, e = i % E;
-        t.C16[r * t.ld16 + e] = from_float<K>(tanh_of<K>(t.S[r * t.ldS + e] * s.scale));
-      }
+      correlation_tile_mma<K>(R, E, t.Lp, t.P16, t.ldP16, t.J16, t.ld16, t.S, t.ldS, t.C16, t.ld16, s.scale);
       return;
     }
   }
