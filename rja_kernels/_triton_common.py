@@ -276,6 +276,15 @@ def sample_barrier(counter, arrivals, SPLIT: tl.constexpr):
 
 
 @device_fn
+def sum_in_order(partials, offs, mask, n, acc, SPLIT: tl.constexpr):
+    """`acc` plus the `SPLIT` programs' partial sums `partials [SPLIT, n]` at `offs`, added in program
+    order whichever program reads them: the same bits for a given `SPLIT`, whatever the schedule."""
+    for p in range(SPLIT):
+        acc += tl.load(partials + p * n + offs, mask=mask, other=0.0)
+    return acc
+
+
+@device_fn
 def acc_store(ptr, val, mask, accumulate):
     """`*ptr = val`, or `*ptr += val` when `accumulate`."""
     prev = tl.load(ptr, mask=mask & accumulate, other=0.0)

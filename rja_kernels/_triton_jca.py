@@ -45,6 +45,7 @@ from rja_kernels._triton_common import (
     prune_by_length,
     sample_barrier,
     split_for,
+    sum_in_order,
     tanh,
     tanh_and_grad,
     tile_configs,
@@ -213,10 +214,7 @@ def _add_partials(dst, partials, L, D, s, SPLIT: tl.constexpr, BL: tl.constexpr,
         cols = c0 + arange(BD)
         m = (offs_l[:, None] < L) & (cols[None, :] < D)
         offs = offs_l[:, None] * D + cols[None, :]
-        acc = tl.zeros((BL, BD), tl.float32)
-        for p in range(SPLIT):
-            acc += tl.load(partials + p * L * D + offs, mask=m, other=0.0)
-        acc_store(dst + offs, acc, m, True)
+        acc_store(dst + offs, sum_in_order(partials, offs, m, L * D, tl.zeros((BL, BD), tl.float32), SPLIT), m, True)
 
 
 # Autotuning launches a kernel again on the same arguments: what a launch counts or adds up from

@@ -72,6 +72,7 @@ from rja_kernels._triton_common import (
     prune_by_length,
     sample_barrier,
     split_for,
+    sum_in_order,
     tanh,
     tanh_and_grad,
     tile_configs,
@@ -341,9 +342,8 @@ def _grad_x_q(gq_src, w_c, g_next, partials, COL0, L, DM, D, s, SPLIT: tl.conste
         mr = rows < DM
         acc = tl.zeros((BL, BM), tl.float32)
         if SPLIT > 1:
-            for p in range(SPLIT):
-                acc += tl.load(partials + p * L * D + offs_l[:, None] * D + COL0 + rows[None, :],
-                               mask=ml[:, None] & mr[None, :], other=0.0)
+            acc = sum_in_order(partials, offs_l[:, None] * D + COL0 + rows[None, :], ml[:, None] & mr[None, :],
+                               L * D, acc, SPLIT)
         for k0 in range(0, DM, BM):
             ks = k0 + arange(BM)
             mk = ks < DM
