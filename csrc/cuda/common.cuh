@@ -198,6 +198,59 @@ RJA_DEVICE void mma_tiles(int M, int N, int Kd, Ptr<const T> A, int lda, Ptr<con
   }
 }
 
+// The 3xTF32 split of a float32 operand fragment, element by element: hi = tf32(x) and
+// lo = tf32(x - hi), so x = hi + lo to within 2^-22 |x| (hi keeps 11 significant bits, x - hi is
+// exact in float32 and at most 2^-11 |x|). With kExact (x is a 16-bit value, exact in tf32) lo is
+// not needed and only hi is converted.
+template <bool kExact, class Frag>
+RJA_DEVICE void split_tf32(Frag& hi, Frag& lo) {
+  for (int i = 0; i < hi.num_elements; ++i) {
+    const float x = hi.x[i], h = nvcuda::wmma::__float_to_tf32(x);
+    hi.x[i] = h;
+    if constexpr (!kExact) lo.x[i] = nvcuda::wmma::__float_to_tf32(x - h);
+  }
+}
+
+// Out[M, N] = A[M, Kd] B[Kd, N] (+ Out with accumulate) for float32 operands on tensor cores at
+// about float32 accuracy (3xTF32, WMMA m16n16k8): A B ~ A_lo B_hi + A_hi B_lo + A_hi B_hi, small
+// terms first, in float32 accumulators. The dropped A_lo B_lo and the rounding of the lo parts
+// leave about 3 * 2^-22 sum_k |a b| (float32's own FMAs: 2^-24 per add), where a single TF32 product
+// (float16's 11 bits) would leave 2^-11. kExactA / kExactB: that operand holds 16-bit values, so
+// its lo term is 0 and skipped (two products instead of three). A in LayoutA (row_major: A[m, k] at
+// A[m * lda + k]; col_major: at A[k * lda + m]), B in LayoutB as mma_tiles; M, N multiples of 16,
+// Kd of 8, leading dimensions of 4; 32-byte aligned buffers. Work split and barriers as mma_tiles.
+template <class LayoutA, class LayoutB, bool kExactA = false, bool kExactB = false>
+RJA_DEVICE void mma_tiles_f32(int M, int N, int Kd, Ptr<const float> A, int lda, Ptr<const float> B, int ldb,
+                              Ptr<float> Out, int ldo, bool accumulate) {
+  namespace wmma = nvcuda::wmma;
+  using tf32 = wmma::precision::tf32;
+  constexpr bool a_rows = std::is_same_v<LayoutA, wmma::row_major>, b_rows = std::is_same_v<LayoutB, wmma::row_major>;
+  const int warp = int(threadIdx.x) / 32, warps = int(blockDim.x) / 32, tiles_n = N / 16;
+  if (warp >= warps) return;
+  for (int tile = warp; tile < M / 16 * tiles_n; tile += warps) {
+    const int i0 = tile / tiles_n * 16, j0 = tile % tiles_n * 16;
+    const Ptr<float> out = Out + i0 * ldo + j0;
+    wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
+    if (accumulate) {
+      wmma::load_matrix_sync(acc, out, unsigned(ldo), wmma::mem_row_major);
+    } else {
+      wmma::fill_fragment(acc, 0.f);
+    }
+    for (int k0 = 0; k0 < Kd; k0 += 8) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 8, tf32, LayoutA> a_hi, a_lo;
+      wmma::fragment<wmma::matrix_b, 16, 16, 8, tf32, LayoutB> b_hi, b_lo;
+      wmma::load_matrix_sync(a_hi, A + (a_rows ? i0 * lda + k0 : k0 * lda + i0), unsigned(lda));
+      wmma::load_matrix_sync(b_hi, B + (b_rows ? k0 * ldb + j0 : j0 * ldb + k0), unsigned(ldb));
+      split_tf32<kExactA>(a_hi, a_lo);
+      split_tf32<kExactB>(b_hi, b_lo);
+      if constexpr (!kExactA) wmma::mma_sync(acc, a_lo, b_hi, acc);
+      if constexpr (!kExactB) wmma::mma_sync(acc, a_hi, b_lo, acc);
+      wmma::mma_sync(acc, a_hi, b_hi, acc);
+    }
+    wmma::store_matrix_sync(out, acc, unsigned(ldo), wmma::mem_row_major);
+  }
+}
+
 // correlation_tile on tensor cores: C16[r, e] = tanh(scale * S[r, e]) for r < R, e < E, with the
 // product S = P16 J16 ([R, Lp] [Lp, E], P16 and J16 zero past their staged rows and columns, so C16
 // is tanh(0) = 0 there) in the float buffer S. Barrier inside; C16 is complete after the next one.

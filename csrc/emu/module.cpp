@@ -122,6 +122,31 @@ __global__ void mma_tiles_kernel(Ptr<const K> a, Ptr<const K> b, Ptr<float> out,
   rja::mma_tiles<K>(M, N, Kd, a, Kd, b, N, out, N, accumulate);
 }
 
+// rja::mma_tiles_f32 (3xTF32) on global buffers: out [M, N] (+)= A B, A [M, Kd] in layout La with
+// leading dimension lda, B [Kd, N] in Lb with ldb.
+template <class La, class Lb, bool kExactA, bool kExactB>
+__global__ void mma_tiles_f32_kernel(Ptr<const float> a, int lda, Ptr<const float> b, int ldb, Ptr<float> out, int M,
+                                     int N, int Kd, bool accumulate) {
+  rja::mma_tiles_f32<La, Lb, kExactA, kExactB>(M, N, Kd, a, lda, b, ldb, out, N, accumulate);
+}
+
+// One m16n16k8 tf32 tile, out = A B, from row-major A [16, 8] and B [8, 16] loaded as they are: with
+// convert, their elements go through __float_to_tf32 first, as they must.
+__global__ void tf32_tile_kernel(Ptr<const float> a, Ptr<const float> b, Ptr<float> out, bool convert) {
+  wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fa;
+  wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fb;
+  wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
+  wmma::fill_fragment(acc, 0.f);
+  wmma::load_matrix_sync(fa, a, 8);
+  wmma::load_matrix_sync(fb, b, 16);
+  if (convert) {
+    for (int i = 0; i < fa.num_elements; ++i) fa.x[i] = wmma::__float_to_tf32(fa.x[i]);
+    for (int i = 0; i < fb.num_elements; ++i) fb.x[i] = wmma::__float_to_tf32(fb.x[i]);
+  }
+  wmma::mma_sync(acc, fa, fb, acc);
+  wmma::store_matrix_sync(out, acc, 16, wmma::mem_row_major);
+}
+
 // out = A A + 0 for A = a[0:256] row-major, or a misuse that a GPU would not report cleanly:
 // 1 lanes pass different pointers, 2 half the warp calls mma_sync and half store_matrix_sync,
 // 3 an ldm that is not a multiple of 8, 4 a pointer off 256-bit alignment, 5 lanes fill the
@@ -255,6 +280,45 @@ void mma_tiles(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, 
   });
 }
 
+// rja::mma_tiles_f32: out [M, N] (+)= a [M, Kd] b [Kd, N] with `threads` threads, each operand
+// passed to it row- or column-major, exact_a / exact_b: the operand's kExact flag.
+void mma_tiles_f32(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, bool accumulate, int64_t threads,
+                   bool a_col_major, bool b_col_major, bool exact_a, bool exact_b) {
+  const int M = int(a.size(0)), Kd = int(a.size(1)), N = int(b.size(1));
+  const at::Tensor a_mem = a_col_major ? a.t().contiguous() : a.contiguous();
+  const at::Tensor b_mem = b_col_major ? b.t().contiguous() : b.contiguous();
+  const auto run = [&](auto kernel) {
+    rja::launch(kernel, 1, int(threads), 0, view<const float>(a_mem, "a"), a_col_major ? M : Kd,
+                view<const float>(b_mem, "b"), b_col_major ? Kd : N, view<float>(out, "out"), M, N, Kd, accumulate);
+  };
+  using Row = wmma::row_major;
+  using Col = wmma::col_major;
+  TORCH_CHECK(!(exact_a && exact_b), "mma_tiles_f32: at most one operand marked exact");
+  if (exact_a || exact_b) {
+    TORCH_CHECK(!a_col_major && !b_col_major, "mma_tiles_f32: exact operands are tested row-major");
+    exact_a ? run(mma_tiles_f32_kernel<Row, Row, true, false>) : run(mma_tiles_f32_kernel<Row, Row, false, true>);
+  } else if (a_col_major) {
+    b_col_major ? run(mma_tiles_f32_kernel<Col, Col, false, false>) : run(mma_tiles_f32_kernel<Col, Row, false, false>);
+  } else {
+    b_col_major ? run(mma_tiles_f32_kernel<Row, Col, false, false>) : run(mma_tiles_f32_kernel<Row, Row, false, false>);
+  }
+}
+
+at::Tensor tf32_tile(const at::Tensor& a, const at::Tensor& b, bool convert) {
+  auto out = at::zeros({16, 16});
+  rja::launch(tf32_tile_kernel, 1, 32, 0, view<const float>(a, "a"), view<const float>(b, "b"), view<float>(out, "out"),
+              convert);
+  return out;
+}
+
+at::Tensor float_to_tf32(const at::Tensor& in) {
+  auto out = at::empty_like(in);
+  const float* src = in.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  for (int64_t i = 0; i < in.numel(); ++i) dst[i] = wmma::__float_to_tf32(src[i]);
+  return out;
+}
+
 at::Tensor wmma_misuse(const at::Tensor& a, int64_t mode, int64_t threads) {
   auto out = at::zeros({16, 16});
   dispatch_16_bit(a.scalar_type(), [&](auto tag) {
@@ -288,5 +352,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("wmma_tile", &wmma_tile);
   m.def("mma_tiles", &mma_tiles);
   m.def("wmma_misuse", &wmma_misuse);
+  m.def("mma_tiles_f32", &mma_tiles_f32);
+  m.def("tf32_tile", &tf32_tile);
+  m.def("float_to_tf32", &float_to_tf32, "the emulator's wmma::__float_to_tf32, element-wise");
   m.def("wmma_mma_count", [] { return nvcuda::wmma::emu_mma_count; }, "mma_sync calls (per lane) so far");
 }
