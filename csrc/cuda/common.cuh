@@ -164,38 +164,53 @@ RJA_DEVICE constexpr bool tensor_cores() {
 }
 
 #if RJA_WMMA
-// Out[M, N] = A[M, Kd] B[Kd, N] (+ Out with accumulate) on tensor cores (WMMA m16n16k16): A
-// row-major and B in LayoutB (col_major: B[k, n] at B[n * ldb + k]), both 16-bit, Out row-major
-// float, the products of the 16-bit operands summed in float32.
-// M, N, Kd are multiples of 16, leading dimensions multiples of 8 (A, B) and 4 (Out), and the
-// buffers 32-byte aligned, which keeps every 16 x 16 tile aligned. The full warps take the tiles
-// of Out in turn; a partial last warp sits out, as WMMA needs all 32 lanes. No barrier: A, B (and
-// Out) must be complete, and the result is complete for all threads after the next barrier.
-template <class T, class LayoutB = nvcuda::wmma::row_major>
-RJA_DEVICE void mma_tiles(int M, int N, int Kd, Ptr<const T> A, int lda, Ptr<const T> B, int ldb, Ptr<float> Out,
-                          int ldo, bool accumulate) {
+// Element (r, c) of a matrix in Layout (row_major: at p[r * ld + c]; col_major: at p[c * ld + r]).
+template <class Layout, class T>
+RJA_DEVICE Ptr<T> element_at(Ptr<T> p, int ld, int r, int c) {
+  return p + (std::is_same_v<Layout, nvcuda::wmma::row_major> ? r * ld + c : c * ld + r);
+}
+
+// The tiles of Out [M, N] (row-major float, M and N multiples of 16) on tensor cores: the full
+// warps take the 16 x 16 tiles in turn (a partial last warp sits out, as WMMA needs all 32 lanes);
+// a tile's accumulator of the WMMA shape m16n16kK starts as Out's tile (accumulate) or 0, goes
+// through add(acc, i0, j0) for the tile at row i0, column j0, and is stored back. No barrier: what
+// add reads (and Out) must be complete, and Out is complete for all threads after the next barrier.
+template <int kK, class Add>
+RJA_DEVICE void for_output_tiles(int M, int N, Ptr<float> Out, int ldo, bool accumulate, const Add& add) {
   namespace wmma = nvcuda::wmma;
-  constexpr bool b_rows = std::is_same_v<LayoutB, wmma::row_major>;
   const int warp = int(threadIdx.x) / 32, warps = int(blockDim.x) / 32, tiles_n = N / 16;
   if (warp >= warps) return;
   for (int tile = warp; tile < M / 16 * tiles_n; tile += warps) {
     const int i0 = tile / tiles_n * 16, j0 = tile % tiles_n * 16;
     const Ptr<float> out = Out + i0 * ldo + j0;
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+    wmma::fragment<wmma::accumulator, 16, 16, kK, float> acc;
     if (accumulate) {
       wmma::load_matrix_sync(acc, out, unsigned(ldo), wmma::mem_row_major);
     } else {
       wmma::fill_fragment(acc, 0.f);
     }
+    add(acc, i0, j0);
+    wmma::store_matrix_sync(out, acc, unsigned(ldo), wmma::mem_row_major);
+  }
+}
+
+// Out[M, N] = A[M, Kd] B[Kd, N] (+ Out with accumulate) on tensor cores (WMMA m16n16k16): A
+// row-major and B in LayoutB (element_at), both 16-bit, the products summed in float32. Kd is a
+// multiple of 16, leading dimensions multiples of 8 (A, B) and 4 (Out), and the buffers 32-byte
+// aligned, which keeps every 16 x 16 tile aligned. Work split and barriers: for_output_tiles.
+template <class T, class LayoutB = nvcuda::wmma::row_major>
+RJA_DEVICE void mma_tiles(int M, int N, int Kd, Ptr<const T> A, int lda, Ptr<const T> B, int ldb, Ptr<float> Out,
+                          int ldo, bool accumulate) {
+  namespace wmma = nvcuda::wmma;
+  for_output_tiles<16>(M, N, Out, ldo, accumulate, [&](auto& acc, int i0, int j0) {
     for (int k0 = 0; k0 < Kd; k0 += 16) {
       wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
       wmma::fragment<wmma::matrix_b, 16, 16, 16, T, LayoutB> b;
-      wmma::load_matrix_sync(a, A + i0 * lda + k0, unsigned(lda));
-      wmma::load_matrix_sync(b, B + (b_rows ? k0 * ldb + j0 : j0 * ldb + k0), unsigned(ldb));
+      wmma::load_matrix_sync(a, element_at<wmma::row_major>(A, lda, i0, k0), unsigned(lda));
+      wmma::load_matrix_sync(b, element_at<LayoutB>(B, ldb, k0, j0), unsigned(ldb));
       wmma::mma_sync(acc, a, b, acc);
     }
-    wmma::store_matrix_sync(out, acc, unsigned(ldo), wmma::mem_row_major);
-  }
+  });
 }
 
 // The 3xTF32 split of a float32 operand fragment, element by element: hi = tf32(x) and
@@ -216,39 +231,27 @@ RJA_DEVICE void split_tf32(Frag& hi, Frag& lo) {
 // terms first, in float32 accumulators. The dropped A_lo B_lo and the rounding of the lo parts
 // leave about 3 * 2^-22 sum_k |a b| (float32's own FMAs: 2^-24 per add), where a single TF32 product
 // (float16's 11 bits) would leave 2^-11. kExactA / kExactB: that operand holds 16-bit values, so
-// its lo term is 0 and skipped (two products instead of three). A in LayoutA (row_major: A[m, k] at
-// A[m * lda + k]; col_major: at A[k * lda + m]), B in LayoutB as mma_tiles; M, N multiples of 16,
-// Kd of 8, leading dimensions of 4; 32-byte aligned buffers. Work split and barriers as mma_tiles.
+// its lo term is 0 and skipped (two products instead of three). A in LayoutA and B in LayoutB
+// (element_at); Kd a multiple of 8, leading dimensions of 4; 32-byte aligned buffers. Work split
+// and barriers: for_output_tiles.
 template <class LayoutA, class LayoutB, bool kExactA = false, bool kExactB = false>
 RJA_DEVICE void mma_tiles_f32(int M, int N, int Kd, Ptr<const float> A, int lda, Ptr<const float> B, int ldb,
                               Ptr<float> Out, int ldo, bool accumulate) {
   namespace wmma = nvcuda::wmma;
   using tf32 = wmma::precision::tf32;
-  constexpr bool a_rows = std::is_same_v<LayoutA, wmma::row_major>, b_rows = std::is_same_v<LayoutB, wmma::row_major>;
-  const int warp = int(threadIdx.x) / 32, warps = int(blockDim.x) / 32, tiles_n = N / 16;
-  if (warp >= warps) return;
-  for (int tile = warp; tile < M / 16 * tiles_n; tile += warps) {
-    const int i0 = tile / tiles_n * 16, j0 = tile % tiles_n * 16;
-    const Ptr<float> out = Out + i0 * ldo + j0;
-    wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
-    if (accumulate) {
-      wmma::load_matrix_sync(acc, out, unsigned(ldo), wmma::mem_row_major);
-    } else {
-      wmma::fill_fragment(acc, 0.f);
-    }
+  for_output_tiles<8>(M, N, Out, ldo, accumulate, [&](auto& acc, int i0, int j0) {
     for (int k0 = 0; k0 < Kd; k0 += 8) {
       wmma::fragment<wmma::matrix_a, 16, 16, 8, tf32, LayoutA> a_hi, a_lo;
       wmma::fragment<wmma::matrix_b, 16, 16, 8, tf32, LayoutB> b_hi, b_lo;
-      wmma::load_matrix_sync(a_hi, A + (a_rows ? i0 * lda + k0 : k0 * lda + i0), unsigned(lda));
-      wmma::load_matrix_sync(b_hi, B + (b_rows ? k0 * ldb + j0 : j0 * ldb + k0), unsigned(ldb));
+      wmma::load_matrix_sync(a_hi, element_at<LayoutA>(A, lda, i0, k0), unsigned(lda));
+      wmma::load_matrix_sync(b_hi, element_at<LayoutB>(B, ldb, k0, j0), unsigned(ldb));
       split_tf32<kExactA>(a_hi, a_lo);
       split_tf32<kExactB>(b_hi, b_lo);
       if constexpr (!kExactA) wmma::mma_sync(acc, a_lo, b_hi, acc);
       if constexpr (!kExactB) wmma::mma_sync(acc, a_hi, b_lo, acc);
       wmma::mma_sync(acc, a_hi, b_hi, acc);
     }
-    wmma::store_matrix_sync(out, acc, unsigned(ldo), wmma::mem_row_major);
-  }
+  });
 }
 
 // correlation_tile on tensor cores: C16[r, e] = tanh(scale * S[r, e]) for r < R, e < E, with the
