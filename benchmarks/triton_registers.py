@@ -26,6 +26,7 @@ from pathlib import Path
 # Compiling needs the real Triton frontend, not the interpreter the CPU test setup turns on.
 os.environ["TRITON_INTERPRET"] = "0"
 
+import torch
 import triton
 from tqdm import tqdm
 from triton.backends.compiler import GPUTarget
@@ -35,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import SIZES
 
 from rja_kernels import _triton_jca, _triton_paper
-from rja_kernels._triton_common import pad16
+from rja_kernels._triton_common import dot_precision, grad_precision, pad16
 
 # kernel name: (autotuned kernel, pointer arguments that are float32 whatever the input dtype)
 KERNELS = {
@@ -58,7 +59,9 @@ def compile_candidate(kernel_name: str, size: str, dtype: str, config: triton.Co
     fn = autotuned.fn
     b, seq, da, dv, k, iterations = SIZES[size]
     ints = {"B": b, "T": iterations, "W_PER_ITER": 1, "TW": iterations, "L": seq, "DA": da, "DV": dv, "K": k}
-    constexprs = {"BL": pad16(seq), "BK": pad16(k), "PREC": "ieee", "H_TANH": False, "OUT_RELU": False,
+    torch_dtype = getattr(torch, dtype)  # the precisions the launch takes for this dtype
+    constexprs = {"BL": pad16(seq), "BK": pad16(k), "PREC": dot_precision(torch_dtype),
+                  "GRAD_PREC": grad_precision(torch_dtype), "H_TANH": False, "OUT_RELU": False,
                   "SPLIT": split, **config.kwargs}
     signature, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):

@@ -159,6 +159,20 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
+# `dot_f32`'s third precision, besides Triton's "ieee" and "tf32": 3xTF32 (`dot_3xtf32`).
+TF32X3 = "3xtf32"
+_TF32X3 = tl.constexpr(TF32X3)
+
+
+def grad_precision(dtype: torch.dtype) -> str:
+    """`PREC` of the backward's products with float32 gradient tiles (`dot_f32`): 3xTF32 for
+    16-bit inputs (tensor cores at about float32's accuracy, which the accuracy rule needs there);
+    float32 inputs keep their contract, `dot_precision` (IEEE, or TF32 where the user allowed it)."""
+    if dtype in (torch.float16, torch.bfloat16):
+        return TF32X3
+    return dot_precision(dtype)
+
+
 def pad16(n: int) -> int:
     """A block size for a dimension of size `n` that `tl.dot` accepts: a power of two, at least 16."""
     return max(16, triton.next_power_of_2(n))
@@ -230,11 +244,72 @@ def dot(a, b, acc, PREC: tl.constexpr):
 
 
 @device_fn
+def round_tf32(x):
+    """fp32 `x` rounded to tf32 (10 explicit mantissa bits), to nearest with ties away from zero as
+    `cvt.rna.tf32.f32` does; inf and NaN as they are. Sign and magnitude are apart in the bits, so
+    adding half the unit of the 13 dropped bits to them and clearing those rounds the magnitude; a
+    carry out of the mantissa steps the exponent, which is the right result (inf past the largest
+    tf32). Bit arithmetic, not a `cvt`, so the interpreter computes it too."""
+    bits = x.to(tl.uint32, bitcast=True)
+    rounded = (bits + 0x1000) & 0xFFFFE000
+    special = (bits & 0x7F800000) == 0x7F800000  # inf or NaN: the add could turn inf into NaN
+    return tl.where(special, bits, rounded).to(tl.float32, bitcast=True)
+
+
+@device_fn
+def split_tf32(x):
+    """`(hi, lo)`, both tf32 values, `hi = tf32(x)`, `lo = tf32(x - hi)` (`x - hi` is exact):
+    `hi + lo` is `x` within 2^-22 |x|. Subnormals round to multiples of 2^-136. For inf or NaN `x`,
+    `lo` is NaN (`inf - inf`), so a non-finite operand makes NaN products where exact ones could
+    give inf: not worth a select per element (compiled for sm_90 it cost one bfloat16 candidate
+    of the paper-form backward 112 more bytes of stack)."""
+    x = x.to(tl.float32)
+    hi = round_tf32(x)
+    return hi, round_tf32(x - hi)
+
+
+@device_fn
+def dot_3xtf32(a_hi, a_lo, b_hi, b_lo, acc, A_EXACT: tl.constexpr, B_EXACT: tl.constexpr):
+    """`a @ b + acc` from the `split_tf32` parts: `a_hi b_lo + a_lo b_hi + a_hi b_hi`, three tf32
+    tensor-core products, the small ones first; the dropped `a_lo b_lo` and the rounding of the lo
+    parts are about 2^-22 |a||b| per term (tests/test_triton_tf32x3.py states the bound). Every
+    operand is a tf32 value, so the GPU's tf32 products are exact, as the interpreter's fp32 ones
+    are: both compute the same sums, up to their order. `A_EXACT` / `B_EXACT`: that operand is a
+    tf32 value itself (a 16-bit tile, upcast), its lo part zero (not read) and its product skipped."""
+    if not B_EXACT:
+        acc = tl.dot(a_hi, b_lo, acc, input_precision="tf32")
+    if not A_EXACT:
+        acc = tl.dot(a_lo, b_hi, acc, input_precision="tf32")
+    return tl.dot(a_hi, b_hi, acc, input_precision="tf32")
+
+
+@device_fn
 def dot_f32(a, b, acc, PREC: tl.constexpr):
     """`dot` with both operands in fp32 (exact upcasts): for products with a gradient tile that was
     accumulated in fp32. Rounding that tile to a 16-bit input dtype first put the Triton backward
-    of float16 at L = 1 four times past the rule where the CUDA kernel, fp32 throughout, was not."""
-    return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision=PREC)
+    of float16 at L = 1 four times past the rule where the CUDA kernel, fp32 throughout, was not;
+    plain TF32 keeps float16's 11 significant bits and would not meet it either. `PREC`: "ieee"
+    (exact products; on a GPU FMAs on CUDA cores), "tf32", or `TF32X3`, which `grad_precision` takes
+    for 16-bit inputs: each fp32 operand split into two tf32 values, three tf32 tensor-core
+    products (`dot_3xtf32`), about float32's accuracy. An operand still in a 16-bit dtype here
+    (a tile loaded from a 16-bit tensor) is exact in tf32: not split, one product fewer."""
+    if PREC == _TF32X3:
+        A_EXACT: tl.constexpr = a.dtype.primitive_bitwidth == 16
+        B_EXACT: tl.constexpr = b.dtype.primitive_bitwidth == 16
+        if A_EXACT:
+            a_hi = a.to(tl.float32)
+            a_lo = a_hi  # not read
+        else:
+            a_hi, a_lo = split_tf32(a)
+        if B_EXACT:
+            b_hi = b.to(tl.float32)
+            b_lo = b_hi  # not read
+        else:
+            b_hi, b_lo = split_tf32(b)
+        out = dot_3xtf32(a_hi, a_lo, b_hi, b_lo, acc, A_EXACT, B_EXACT)
+    else:  # (not a return above: the compiler would still build this dot with PREC = TF32X3)
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision=PREC)
+    return out
 
 
 @device_fn

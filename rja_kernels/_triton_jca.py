@@ -16,6 +16,11 @@ each row block of the forward is independent of the others within an iteration, 
 per iteration and the same bits as one program per sample. The backward's sums across row blocks,
 `dJ` and the weight gradients, go to per-program float32 partials: `dJ`'s are added in program
 order after a barrier, the weight gradients' with the batch's in `triton_jca_backward`.
+
+Precision: the backward rounds its gradient tiles (`dx'`, `dZ`, `dS`, `dP`) to the input dtype
+before the products they feed, so for 16-bit inputs every product has 16-bit operands, on tensor
+cores like the forward's (the paper form's backward keeps float32 gradient tiles, multiplied as
+3xTF32: `_triton_common.dot_f32`); float32 inputs follow `dot_precision`.
 """
 
 from __future__ import annotations

@@ -41,7 +41,13 @@ Workspaces: per sample, in the input dtype, `P`, `Q` and (forward) `H` of both m
 rounded there as a matmul in that dtype rounds them; in float32, the rebuilt `G` (then `dG` in its
 place), two `[L, d]` gradient buffers ping-ponged across iterations and the `dJ` partials. Every
 gradient tile stays in float32 into the products it feeds (`dot_f32`): rounded to float16 there,
-`dG` and `dS` alone put `dw_j` at L = 1 four times past the rule.
+`dG` and `dS` alone put `dw_j` at L = 1 four times past the rule. For 16-bit inputs those products
+are 3xTF32 (`GRAD_PREC`, `_triton_common.grad_precision`): each float32 operand split into two tf32
+values and three tf32 tensor-core products, about float32's accuracy, where exact products would
+run as FMAs on CUDA cores and plain TF32 (float16's 11 bits) would miss the rule as well. The other
+operand of six of the seven is loaded from a 16-bit tensor (`w_h`, `w_c`, `w_j`, `P`, `Q`, `J`),
+exact in tf32: not split, two products; `dQ += dG C^T` (`C` in float32) takes three. float32
+inputs keep exact products (TF32 where the user allowed it). Unmeasured on a GPU.
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ from rja_kernels._triton_common import (
     dot,
     dot_f32,
     dot_precision,
+    grad_precision,
     iteration_gradients,
     load_j_tile,
     pad16,
@@ -260,7 +267,7 @@ def _grad_u(g_src, w_h, g_cur, COL0, gu_dst, L, DM, D, s, H_TANH: tl.constexpr, 
 
 @device_fn
 def _grad_g(g_buf, w_h, gu_src, h_save, L, DM, D, s, H_TANH: tl.constexpr, SPLIT: tl.constexpr,
-            BL: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+            BL: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, GRAD_PREC: tl.constexpr):
     """`dG = (dU @ w_h^T) * relu'(A)` (times `tanh'(G)` with `h_tanh`, `A = tanh(G)`) over `G` in
     `g_buf` (each element is stored from its own load), and `H = relu(A)` into `h_save` for the
     weight gradient `H^T dU`, both float32; this program's share: column tiles `s, s + SPLIT, ...`."""
@@ -275,7 +282,7 @@ def _grad_g(g_buf, w_h, gu_src, h_save, L, DM, D, s, H_TANH: tl.constexpr, SPLIT
             mu = ucols < DM
             gu = tl.load(gu_src + offs_l[:, None] * DM + ucols[None, :], mask=ml[:, None] & mu[None, :], other=0.0)
             wh_t = tl.load(w_h + cols[None, :] * DM + ucols[:, None], mask=mu[:, None] & mc[None, :], other=0.0)
-            gh = dot_f32(gu, wh_t, gh, PREC)  # dH[:, cols]
+            gh = dot_f32(gu, wh_t, gh, GRAD_PREC)  # dH[:, cols]
         m = ml[:, None] & mc[None, :]
         offs = offs_l[:, None] * D + cols[None, :]
         g = tl.load(g_buf + offs, mask=m, other=0.0)
@@ -291,7 +298,8 @@ def _grad_g(g_buf, w_h, gu_src, h_save, L, DM, D, s, H_TANH: tl.constexpr, SPLIT
 
 @device_fn
 def _grad_c(p_src, q_src, gg_src, ja, jv, w_j, g_cur, g_next, g_join, COL0, gq_save, gp_save, L, DM, DA, D,
-            scale, s, SPLIT: tl.constexpr, BL: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+            scale, s, SPLIT: tl.constexpr, BL: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr,
+            GRAD_PREC: tl.constexpr):
     """Second visit of every tile of `C` (row tile outer): `dQ`, `dP^T` (saved, float32), `dJ` into
     `g_join [L, D]` (`g_next` itself for one program per sample, else this program's partial sum,
     which `_grad_x_q` adds), and the residual plus `w_j @ dP^T` part of `dx` into `g_next`; this
@@ -312,10 +320,11 @@ def _grad_c(p_src, q_src, gg_src, ja, jv, w_j, g_cur, g_next, g_join, COL0, gq_s
             jt = load_j_tile(ja, jv, offs_l, cols, L, DA, D)
             c, dc = tanh_and_grad(dot(p, jt, None, PREC) * scale)
             gg = tl.load(gg_src + offs_l[:, None] * D + cols[None, :], mask=m, other=0.0)
-            gq = dot_f32(gg, tl.trans(c), gq, PREC)
-            gs = dot_f32(q_t, gg, None, PREC) * dc * scale  # dS [BM, BD]
-            gp = dot_f32(gs, tl.trans(jt), gp, PREC)
-            acc_store(g_join + offs_l[:, None] * D + cols[None, :], dot_f32(tl.trans(p), gs, None, PREC), m, True)
+            gq = dot_f32(gg, tl.trans(c), gq, GRAD_PREC)
+            gs = dot_f32(q_t, gg, None, GRAD_PREC) * dc * scale  # dS [BM, BD]
+            gp = dot_f32(gs, tl.trans(jt), gp, GRAD_PREC)
+            acc_store(g_join + offs_l[:, None] * D + cols[None, :], dot_f32(tl.trans(p), gs, None, GRAD_PREC), m,
+                      True)
             # The partial sums above are read back by the next row tile: make them visible.
             tl.debug_barrier()
         m = ml[:, None] & mr[None, :]
@@ -324,14 +333,14 @@ def _grad_c(p_src, q_src, gg_src, ja, jv, w_j, g_cur, g_next, g_join, COL0, gq_s
         gp_t = tl.trans(gp)
         tl.store(gp_save + offs, gp_t, mask=m)
         gx = tl.load(g_cur + offs_l[:, None] * D + COL0 + rows[None, :], mask=m, other=0.0)
-        gx += dot_f32(wj, gp_t, None, PREC)
+        gx += dot_f32(wj, gp_t, None, GRAD_PREC)
         acc_store(g_next + offs_l[:, None] * D + COL0 + rows[None, :], gx, m, True)
         tl.debug_barrier()
 
 
 @device_fn
 def _grad_x_q(gq_src, w_c, g_next, partials, COL0, L, DM, D, s, SPLIT: tl.constexpr,
-              BL: tl.constexpr, BM: tl.constexpr, PREC: tl.constexpr):
+              BL: tl.constexpr, BM: tl.constexpr, GRAD_PREC: tl.constexpr):
     """`dx += dQ @ w_c^T` into `g_next[:, COL0:COL0+DM]`, for several programs per sample plus the
     sum of their `dJ` partials (`partials [SPLIT, L, D]`, added in program order) over the same
     columns; this program's share: tiles `s, s + SPLIT, ...` of `DM`."""
@@ -349,7 +358,7 @@ def _grad_x_q(gq_src, w_c, g_next, partials, COL0, L, DM, D, s, SPLIT: tl.conste
             mk = ks < DM
             gq = tl.load(gq_src + offs_l[:, None] * DM + ks[None, :], mask=ml[:, None] & mk[None, :], other=0.0)
             wc_t = tl.load(w_c + rows[None, :] * DM + ks[:, None], mask=mk[:, None] & mr[None, :], other=0.0)
-            acc = dot_f32(gq, wc_t, acc, PREC)
+            acc = dot_f32(gq, wc_t, acc, GRAD_PREC)
         acc_store(g_next + offs_l[:, None] * D + COL0 + rows[None, :], acc, ml[:, None] & mr[None, :], True)
 
 
@@ -360,7 +369,9 @@ def _paper_bwd_kernel(grad_xa, grad_xv, xa_it, xv_it, w_ja, w_jv, w_ca, w_cv, w_
                       h_sa, h_sv, gu_sa, gu_sv, gq_sa, gq_sv, gp_sa, gp_sv,
                       B, T, TW, L, DA, DV, scale,
                       H_TANH: tl.constexpr, OUT_RELU: tl.constexpr, BL: tl.constexpr, PREC: tl.constexpr,
-                      SPLIT: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):
+                      GRAD_PREC: tl.constexpr, SPLIT: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):
+    # PREC: products of input-dtype tiles (as the forward's); GRAD_PREC: those with a float32
+    # gradient tile (`dot_f32`, `_triton_common.grad_precision`).
     pid = tl.program_id(0)
     b = (pid // SPLIT).to(tl.int64)  # the sample; its SPLIT programs share its workspaces
     s = pid % SPLIT
@@ -411,16 +422,16 @@ def _paper_bwd_kernel(grad_xa, grad_xv, xa_it, xv_it, w_ja, w_jv, w_ca, w_cv, w_
         _grad_u(g_a, wha, g_cur, 0, gu_sa + s_a, L, DA, D, s, H_TANH, OUT_RELU, SPLIT, BL, BM, BD, PREC)
         _grad_u(g_v, whv, g_cur, DA, gu_sv + s_v, L, DV, D, s, H_TANH, OUT_RELU, SPLIT, BL, BM, BD, PREC)
         sample_barrier(cnt, (6 * t + 3) * SPLIT, SPLIT)
-        _grad_g(g_a, wha, gu_sa + s_a, h_sa + s_d, L, DA, D, s, H_TANH, SPLIT, BL, BM, BD, PREC)
-        _grad_g(g_v, whv, gu_sv + s_v, h_sv + s_d, L, DV, D, s, H_TANH, SPLIT, BL, BM, BD, PREC)
+        _grad_g(g_a, wha, gu_sa + s_a, h_sa + s_d, L, DA, D, s, H_TANH, SPLIT, BL, BM, BD, GRAD_PREC)
+        _grad_g(g_v, whv, gu_sv + s_v, h_sv + s_d, L, DV, D, s, H_TANH, SPLIT, BL, BM, BD, GRAD_PREC)
         sample_barrier(cnt, (6 * t + 4) * SPLIT, SPLIT)
         _grad_c(p_a, q_a, g_a, src_a, src_v, wja, g_cur, g_next, g_join, 0, gq_sa + s_a, gp_sa + s_a,
-                L, DA, DA, D, scale, s, SPLIT, BL, BM, BD, PREC)
+                L, DA, DA, D, scale, s, SPLIT, BL, BM, BD, PREC, GRAD_PREC)
         _grad_c(p_v, q_v, g_v, src_a, src_v, wjv, g_cur, g_next, g_join, DA, gq_sv + s_v, gp_sv + s_v,
-                L, DV, DA, D, scale, s, SPLIT, BL, BM, BD, PREC)
+                L, DV, DA, D, scale, s, SPLIT, BL, BM, BD, PREC, GRAD_PREC)
         sample_barrier(cnt, (6 * t + 5) * SPLIT, SPLIT)
-        _grad_x_q(gq_sa + s_a, wca, g_next, partials, 0, L, DA, D, s, SPLIT, BL, BM, PREC)
-        _grad_x_q(gq_sv + s_v, wcv, g_next, partials, DA, L, DV, D, s, SPLIT, BL, BM, PREC)
+        _grad_x_q(gq_sa + s_a, wca, g_next, partials, 0, L, DA, D, s, SPLIT, BL, BM, GRAD_PREC)
+        _grad_x_q(gq_sv + s_v, wcv, g_next, partials, DA, L, DV, D, s, SPLIT, BL, BM, GRAD_PREC)
         sample_barrier(cnt, (6 * t + 6) * SPLIT, SPLIT)
     g_fin = g0 + (T % 2) * nd
     copy_cols(g_fin, gxa + b * na, L, D, DA, 0, 0, DA, s, SPLIT, BL, BD)
@@ -496,7 +507,8 @@ def triton_paper_backward(
                 arrival_counters(b, split, grad_xa.device), h_a, h_v,
                 saved_a[0], saved_v[0], saved_a[1], saved_v[1], saved_a[2], saved_v[2],
                 b, t, tw, seq, da, dv, 1.0 / math.sqrt(d),
-                H_TANH=h_tanh, OUT_RELU=out_relu, BL=pad16(seq), PREC=dot_precision(grad_xa.dtype), SPLIT=split)
+                H_TANH=h_tanh, OUT_RELU=out_relu, BL=pad16(seq), PREC=dot_precision(grad_xa.dtype),
+                GRAD_PREC=grad_precision(grad_xa.dtype), SPLIT=split)
     gw_ja, gw_ca, gw_ha = _weight_grads(xa_iters, saved_a[2], saved_a[1], h_a, saved_a[0], tw)
     gw_jv, gw_cv, gw_hv = _weight_grads(xv_iters, saved_v[2], saved_v[1], h_v, saved_v[0], tw)
     grads = (gw_ja, gw_jv, gw_ca, gw_cv, gw_ha, gw_hv)
