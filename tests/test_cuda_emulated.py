@@ -148,18 +148,49 @@ def _mma_calls(run):
     return cuda.cuda_emulator().wmma_mma_count() - before
 
 
+def _mma_f32(m, n, k, exact_operand):
+    """mma_sync calls per lane of mma_tiles_f32 on an [m, n] product over k: 3 per m16n16k8 step, 2
+    where an operand holds 16-bit values."""
+    return m // 16 * (n // 16) * (k // 8) * (2 if exact_operand else 3)
+
+
+def _paper_backward_mma_calls(seq, da, dv, iterations, rows, cols, out_relu):
+    """mma_sync calls (summed over the lanes) of the paper backward's 3xTF32 path at tiles of `rows`
+    rows and `cols` features (paper.cuh's backward_column_tile): per column tile and modality the
+    first pass's C and G += Q C per row tile, gG = gU w_h^T in chunks of `rows`, and per row tile
+    Q^T gG, gG C^T, gS J^T, gJ += P^T gS (and C again where there are several row tiles); with
+    out_relu also the recomputed U: the first pass again and H w_h in chunks of `rows` columns."""
+    lp, ceil = -(-seq // 16) * 16, lambda a, b: -(-a // b)
+    correlation, g = _mma_f32(rows, cols, lp, True), _mma_f32(lp, cols, rows, False)
+    gradients = (_mma_f32(rows, cols, lp, False) + _mma_f32(lp, rows, cols, False) + _mma_f32(rows, lp, cols, True)
+                 + _mma_f32(lp, cols, rows, False))
+    per_tile = 0
+    for dm in (da, dv):
+        row_tiles = ceil(dm, rows)
+        first_pass = row_tiles * (correlation + g)
+        per_tile += first_pass + row_tiles * _mma_f32(lp, cols, rows, True) + row_tiles * gradients
+        per_tile += row_tiles * correlation if row_tiles > 1 else 0
+        per_tile += first_pass + row_tiles * _mma_f32(lp, rows, cols, True) if out_relu else 0
+    return 32 * iterations * ceil(da + dv, cols) * per_tile
+
+
+@pytest.mark.parametrize("options", [{}, {"out_relu": True}], ids=_switch_id)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_paper_tensor_cores_take_the_16_bit_forward_only(dtype):
-    # The forward of float16/bfloat16 at tiles of multiples of 16 runs on tensor cores; float32,
-    # the backward and tiles that are no multiples of 16 stay on CUDA cores (and meet the rule).
+def test_paper_tensor_cores_take_16_bit_inputs(dtype, options):
+    # float16/bfloat16 at tiles of multiples of 16 run the forward on 16-bit tensor cores and the
+    # backward on them by 3xTF32, with the expected count of products; float32 and tiles that are no
+    # multiples of 16 stay on CUDA cores (and meet the rule).
     inp = make_inputs(PAPER, 1, 6, 13, 29, 2, dtype=dtype)
     weights = tuple(t for n, t in inp.items() if n.startswith("w_"))
     saved = []
-    forward = _mma_calls(lambda: saved.extend(cuda.paper_forward(inp["xa"], inp["xv"], weights, 2)))
+    forward = _mma_calls(lambda: saved.extend(cuda.paper_forward(inp["xa"], inp["xv"], weights, 2, **options)))
     assert (forward > 0) == (dtype != torch.float32)
-    assert _mma_calls(lambda: cuda.paper_backward(saved[0], saved[1], saved[2], saved[3], weights)) == 0
+    backward = _mma_calls(lambda: cuda.paper_backward(saved[0], saved[1], saved[2], saved[3], weights, **options))
+    config = cuda.EMULATED_CONFIG
+    expected = _paper_backward_mma_calls(6, 13, 29, 2, config["rows"], config["cols"], "out_relu" in options)
+    assert backward == (0 if dtype == torch.float32 else expected)
     ragged = {"threads": 40, "rows": 7, "cols": 5}
-    assert _mma_calls(lambda: check(PAPER, 1, 6, 13, 29, 2, 1, dtype, config=ragged)) == 0
+    assert _mma_calls(lambda: check(PAPER, 1, 6, 13, 29, 2, 1, dtype, options=options, config=ragged)) == 0
 
 
 def test_paper_shared_memory_limit_is_reported():

@@ -212,9 +212,9 @@ inline void check_features(const at::Tensor& like, std::initializer_list<const a
   }
 }
 
-// The forward's tensor-core path of both forms (paper.cuh, jca.cuh) takes 16-bit elements with
-// tiles of multiples of 16 (WMMA's m16n16k16) on a device with bfloat16 WMMA (sm_80+); everything
-// else, and the backward, runs on CUDA cores.
+// The forward's tensor-core path of both forms (paper.cuh, jca.cuh), and the paper form's backward's
+// (3xTF32), take 16-bit elements with tiles of multiples of 16 (WMMA's m16n16k16) on a device with
+// bfloat16 WMMA (sm_80+); everything else, and the JCA form's backward, runs on CUDA cores.
 inline Dims with_tensor_cores(Dims s, at::ScalarType dtype) {
   s.mma = dtype != at::kFloat && s.R % 16 == 0 && s.E % 16 == 0 && device_has_bf16_wmma();
   return s;
@@ -400,7 +400,7 @@ inline std::vector<at::Tensor> backward(const at::Tensor& grad_xa, const at::Ten
   const int64_t T = xa_iters.size(0), B = xa_iters.size(1), L = xa_iters.size(2), da = xa_iters.size(3);
   const int64_t dv = xv_iters.size(3), d = da + dv, Tw = w[0].size(0);
   TORCH_CHECK(Tw == 1 || Tw == T, "rja cuda: weights must hold 1 or T = ", T, " sets, got ", Tw);
-  Dims s = dims_of(B, L, da, dv, 0, T, Tw, cfg, h_tanh, out_relu);
+  Dims s = with_tensor_cores(dims_of(B, L, da, dv, 0, T, Tw, cfg, h_tanh, out_relu), xa_iters.scalar_type());
   auto grad_xa_in = at::empty_like(grad_xa), grad_xv_in = at::empty_like(grad_xv);
   const auto f32 = grad_xa.options().dtype(at::kFloat);
   auto H = at::empty({2, T, B, L, d}, f32);

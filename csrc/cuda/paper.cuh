@@ -33,84 +33,160 @@
 // and U += H w_h[tile, :], run on WMMA (mma_tiles, common.cuh) with float32 accumulators. Their
 // operand tiles P, J, Q, C, H, w_h are rounded to the element type, as the Triton kernel's tl.dot
 // operands are and as the eager reference rounds its intermediates; the rest stays float32. The
-// backward stays float32 on CUDA cores: its gradient products as in the Triton backward (dot_f32),
-// and its recomputed G and U, whose relu masks select the gradient: recomputed from 16-bit operands,
-// the masks flip where G is near 0, each flip costs O(1) in the gradients, and bfloat16's grad xa
-// went 2.5x past the accuracy rule (tests/test_cuda_emulated.py sizes). float32 inputs stay on CUDA
+// backward's must not round to 16 bits: its recomputed G and U select the gradient by their relu
+// masks, which flip where G is near 0 if recomputed from 16-bit operands (each flip costs O(1) in the
+// gradients; bfloat16's grad xa went 2.5x past the accuracy rule, tests/test_cuda_emulated.py sizes),
+// and 16-bit gradient tiles broke the rule as well. So for the same inputs the backward runs its
+// large contractions (the recomputed C, G and U, gG = gU w_h[tile]^T, Q^T gG, gG C^T, gS J^T and
+// P^T gS) on float32 tiles by 3xTF32 (mma_tiles_f32: about float32 accuracy; J and w_h hold 16-bit
+// values, exact in tf32, which saves a product), unmeasured on a GPU; dx += dQ w_c^T + w_j dP^T
+// (L dm^2, small next to them at the paper size) stays on CUDA cores. float32 inputs stay on CUDA
 // cores throughout.
 #pragma once
 
 #include "common.cuh"
 
 namespace rja {
+
+// candidate for common.cuh: the float32 counterparts of correlation_tile_mma and rows_times_transposed
+// on tensor cores (3xTF32, mma_tiles_f32), for the paper form's backward.
+#if RJA_WMMA
+// correlation_tile at float32 accuracy: C[r, e] = tanh(scale * (P Jt)[r, e]) for r < R, e < E, P
+// [R, Lp] float and Jt [Lp, E] holding K values (exact in tf32), zero past their staged rows and
+// columns, so C is tanh(0) = 0 there; with kDerivative also D[r, e] = tanh'(.) for r < rows,
+// e < cols, and 0 past them (tanh'(0) = 1 would not keep a product with D's padding at 0). D has
+// C's row stride. Barrier inside; C and D are complete after the next one.
+template <class K, bool kDerivative>
+RJA_DEVICE void correlation_tile_f32(int R, int E, int Lp, Ptr<const float> P, int ldp, Ptr<const float> Jt, int ldj,
+                                     Ptr<float> C, int ldc, int rows, int cols, float scale, Ptr<float> D) {
+  namespace wmma = nvcuda::wmma;
+  mma_tiles_f32<wmma::row_major, wmma::row_major, false, true>(R, E, Lp, P, ldp, Jt, ldj, C, ldc, false);
+  __syncthreads();
+  RJA_BLOCK_LOOP(i, R * E) {  // in place: each element read and written by its one thread
+    const int r = i / E, e = i % E;
+    const float x = C[r * ldc + e] * scale;
+    C[r * ldc + e] = tanh_of<K>(x);
+    if constexpr (kDerivative) D[r * ldc + e] = r < rows && e < cols ? tanh_derivative(x) : 0.f;
+  }
+}
+
+// Out[Mp, Np] = sum_{k < K} a(l, k) w[c * ldw + k] for l < M, c < N, and 0 on to Mp, Np (multiples
+// of 16): rows_times_transposed on tensor cores at about float32 accuracy. Chunks of kc (a multiple
+// of 8) columns of a and of the row-major w (global memory, loads coalesced along k) are staged in
+// As [Mp, lda] and Ws [Np, ldws] (w transposed in place: a col_major operand), zero past M, N, K;
+// w of a 16-bit type (and a with kExactA) are exact in tf32, which saves a product. Out is
+// overwritten, not accumulated. Starts with a barrier (a, w must be complete; the previous readers
+// of As, Ws, Out done) and ends with one (Out is complete).
+template <bool kExactA, class W, class A>
+RJA_DEVICE void rows_times_transposed_f32(int M, int Mp, int N, int Np, int K, const A& a, Ptr<const W> w,
+                                          std::int64_t ldw, Ptr<float> As, int lda, Ptr<float> Ws, int ldws, int kc,
+                                          Ptr<float> Out, int ldo) {
+  namespace wmma = nvcuda::wmma;
+  for (int k0 = 0; k0 < K; k0 += kc) {
+    const int ks = tile_size(K, k0, kc);
+    __syncthreads();  // the previous chunk's readers are done
+    RJA_BLOCK_LOOP(i, Mp * kc) {
+      const int l = i / kc, k = i % kc;
+      As[l * lda + k] = l < M && k < ks ? a(l, k0 + k) : 0.f;
+    }
+    RJA_BLOCK_LOOP(i, Np * kc) {
+      const int c = i / kc, k = i % kc;
+      Ws[c * ldws + k] = c < N && k < ks ? to_float(w[c * ldw + k0 + k]) : 0.f;
+    }
+    __syncthreads();
+    mma_tiles_f32<wmma::row_major, wmma::col_major, kExactA, sizeof(W) == 2>(Mp, Np, kc, As, lda, Ws, ldws, Out, ldo,
+                                                                            k0 > 0);
+  }
+  __syncthreads();
+}
+#endif
+
 namespace paper {
 
-// Shared memory of one block, in floats; every buffer starts 32-byte aligned (WMMA tiles). Row
-// strides E + 1 keep the column walks of the J, C and dS tiles (dQ and dP loops) free of bank
-// conflicts. The forward's tensor-core path (s.mma) pads L to Lp, a multiple of 16, and has the
-// 16-bit mma operands and a float tile for products in place of the float J, P, Q and C tiles; their
-// row strides are 16 bytes more than a multiple of 16 elements, so the rows of a WMMA tile start in
-// different banks.
+// Shared memory of one block, in floats; every buffer starts 32-byte aligned (WMMA tiles). On CUDA
+// cores the row strides E + 1 keep the column walks of the J, C and dS tiles (dQ and dP loops) free
+// of bank conflicts. The forward's tensor-core path (s.mma) pads L to Lp, a multiple of 16, and has
+// the 16-bit mma operands and a float tile for products in place of the float J, P, Q and C tiles;
+// their row strides are 16 bytes more than a multiple of 16 elements, so the rows of a WMMA tile
+// start in different banks. The backward's (s.mma: 3xTF32) keeps the float tiles, padded to Lp rows
+// (and R, E columns) with zeros, at row strides of 4 floats past their width for the same reason,
+// and adds the float tiles S and Sq for products before their epilogues.
 struct SmemLayout : SmemArena {
-  int Lp, ld16, ldP16, ldQ16, ldS;       // tensor-core path: padded L and row strides
+  int Lp, ld16, ldP16, ldQ16, ldS;       // tensor-core paths: padded L; the forward's 16-bit row strides
+  int ldE, ldG, ldP, ldQ;                // row strides: J, C, gS (and W, S for E columns); G, gG, gJ; P; Q
   Span G;                                // float
-  Span Jt, Pt, Qt, C;                    // float, CUDA-core path only
+  Span Jt, Pt, Qt, C;                    // float, not on the forward's tensor-core path
   Span gG, gJ, gS, W;                    // float, backward only
-  Span J16, P16, Q16, C16, H16, W16, S;  // tensor-core path only
+  Span J16, P16, Q16, C16, H16, W16;     // the forward's tensor-core path only
+  Span S;                                // float, tensor-core paths only
+  Span Sq;                               // float, the backward's tensor-core path only
   RJA_HOST_DEVICE SmemLayout(const Dims& s, bool backward) {
     const int L = s.L, R = s.R, E = s.E;
+    const bool mma16 = s.mma && !backward, mma_f32 = s.mma && backward;
+    const auto larger = [](int a, int b) { return a > b ? a : b; };
     Lp = s.mma ? (L + 15) / 16 * 16 : L;
     ld16 = E + 8;
     ldP16 = Lp + 8;
     ldQ16 = R + 8;
     ldS = E + 4;
-    G = take(Lp * E, 4);
-    if (!s.mma) {
-      Jt = take(L * (E + 1), 4);
-      Pt = take(R * L, 4);
-      Qt = take(L * R, 4);
-      C = take(R * (E + 1), 4);
+    ldE = mma_f32 ? E + 4 : E + 1;
+    ldG = mma_f32 ? E + 4 : E;
+    ldP = mma_f32 ? Lp + 4 : L;
+    ldQ = mma_f32 ? R + 4 : R;
+    G = take(Lp * ldG, 4);
+    if (!mma16) {
+      Jt = take(Lp * ldE, 4);
+      Pt = take(R * ldP, 4);
+      Qt = take(Lp * ldQ, 4);
+      C = take(R * ldE, 4);
     }
     if (backward) {
-      gG = take(L * E, 4);
-      gJ = take(L * E, 4);
-      gS = take(R * (E + 1), 4);
-      W = take(R * (E + 1), 4);
+      gG = take(Lp * ldG, 4);
+      gJ = take(Lp * ldG, 4);
+      gS = take(R * ldE, 4);
+      // rows_times_transposed's chunks [R, E + 1]; on tensor cores also w_h's, [E, ldQ]
+      W = take(mma_f32 ? larger(R * (E + 1), E * ldQ) : R * (E + 1), 4);
     }
-    if (s.mma) {
+    if (mma16) {
       J16 = take(Lp * ld16, 2);
       P16 = take(R * ldP16, 2);
       Q16 = take(Lp * ldQ16, 2);
       C16 = take(R * ld16, 2);
       H16 = take(Lp * ld16, 2);
       W16 = take(E * ld16, 2);
-      S = take((R > Lp ? R : Lp) * ldS, 4);
+      S = take(larger(R, Lp) * ldS, 4);
+    }
+    if (mma_f32) {  // S: products [R, E], [R, Lp], [Lp, R] and gU's chunks [Lp, R]; Sq: gG C^T [Lp, R]
+      S = take(larger(R * ldE, larger(R * ldP, Lp * ldQ)), 4);
+      Sq = take(Lp * ldQ, 4);
     }
   }
 };
 
 template <class K>
 struct Tiles {
-  // Jt, Pt, Qt, C: the CUDA-core path only.
-  Ptr<float> Jt;  // [L, E+1]  joint-feature tile J[:, col0 : col0 + cols]
-  Ptr<float> Pt;  // [R, L]    rows [row0, row0 + rows) of P = x^T w_j
-  Ptr<float> Qt;  // [L, R]    the same columns of Q = x w_c
-  Ptr<float> C;   // [R, E+1]  correlation tile
-  Ptr<float> G;   // [Lp, E]   G tile; then H (forward) or the derivative of H w.r.t. G (backward)
-  Ptr<float> gG;  // [L, E]    backward: gradient of the G tile
-  Ptr<float> gJ;  // [L, E]    backward: J gradient of the column tile, both modalities
-  Ptr<float> gS;  // [R, E+1]  backward: gradient of the pre-tanh tile
-  Ptr<float> W;   // [R, E+1]  backward: transposed weight chunks (rows_times_transposed)
-  // The forward's tensor-core path: the mma operands in 16 bits, zero past the ragged or padded edges.
-  bool mma;  // this path is taken
-  int Lp, ld16, ldP16, ldQ16, ldS;
-  Ptr<K> J16;    // [Lp, ld16]   J tile
-  Ptr<K> P16;    // [R, ldP16]   P rows
-  Ptr<K> Q16;    // [Lp, ldQ16]  Q columns
-  Ptr<K> C16;    // [R, ld16]    C tile
-  Ptr<K> H16;    // [Lp, ld16]   H tile
-  Ptr<K> W16;    // [E, ld16]    a chunk of E columns of w_h[tile, :]
-  Ptr<float> S;  // [max(R, Lp), ldS]  a product before its epilogue: P J, or a chunk of H w_h
+  // Jt, Pt, Qt, C: not on the forward's tensor-core path.
+  Ptr<float> Jt;  // [Lp, ldE]  joint-feature tile J[:, col0 : col0 + cols]
+  Ptr<float> Pt;  // [R, ldP]   rows [row0, row0 + rows) of P = x^T w_j
+  Ptr<float> Qt;  // [Lp, ldQ]  the same columns of Q = x w_c
+  Ptr<float> C;   // [R, ldE]   correlation tile
+  Ptr<float> G;   // [Lp, ldG]  G tile; then H (forward) or the derivative of H w.r.t. G (backward)
+  Ptr<float> gG;  // [Lp, ldG]  backward: gradient of the G tile
+  Ptr<float> gJ;  // [Lp, ldG]  backward: J gradient of the column tile, both modalities
+  Ptr<float> gS;  // [R, ldE]   backward: gradient of the pre-tanh tile
+  Ptr<float> W;   // backward: chunks of weights (rows_times_transposed's, transposed; w_h's on tensor cores)
+  // The tensor-core paths: the forward's on 16-bit operands (mma), the backward's on the float tiles
+  // by 3xTF32 (mma_f32); either pads L to Lp, and its tiles are zero past the ragged or padded edges.
+  bool mma, mma_f32;  // this path is taken
+  int Lp, ld16, ldP16, ldQ16, ldS, ldE, ldG, ldP, ldQ;
+  Ptr<K> J16;     // [Lp, ld16]   J tile
+  Ptr<K> P16;     // [R, ldP16]   P rows
+  Ptr<K> Q16;     // [Lp, ldQ16]  Q columns
+  Ptr<K> C16;     // [R, ld16]    C tile
+  Ptr<K> H16;     // [Lp, ld16]   H tile
+  Ptr<K> W16;     // [E, ld16]    a chunk of E columns of w_h[tile, :]
+  Ptr<float> S;   // a product before its epilogue: P J, a chunk of H w_h; backward Q^T gG, gS J^T
+  Ptr<float> Sq;  // [Lp, ldQ]    backward: gG C^T before it is added to gQ
 
   RJA_DEVICE Tiles(Ptr<float> smem, const Dims& s, bool backward) {
     const SmemLayout at(s, backward);
@@ -118,8 +194,10 @@ struct Tiles {
       return smem_buffer<float>(smem, span, name);
     };
     const auto k_slice = [&](SmemLayout::Span span, const char* name) { return smem_buffer<K>(smem, span, name); };
+    mma = tensor_cores<K>() && s.mma && !backward;
+    mma_f32 = tensor_cores<K>() && s.mma && backward;
     G = f32_slice(at.G, "smem.G");
-    if (!s.mma) {
+    if (!mma) {
       Jt = f32_slice(at.Jt, "smem.Jt");
       Pt = f32_slice(at.Pt, "smem.Pt");
       Qt = f32_slice(at.Qt, "smem.Qt");
@@ -131,12 +209,15 @@ struct Tiles {
       gS = f32_slice(at.gS, "smem.gS");
       W = f32_slice(at.W, "smem.W");
     }
-    mma = tensor_cores<K>() && s.mma;
     Lp = at.Lp;
     ld16 = at.ld16;
     ldP16 = at.ldP16;
     ldQ16 = at.ldQ16;
     ldS = at.ldS;
+    ldE = at.ldE;
+    ldG = at.ldG;
+    ldP = at.ldP;
+    ldQ = at.ldQ;
     if (mma) {
       J16 = k_slice(at.J16, "smem.J16");
       P16 = k_slice(at.P16, "smem.P16");
@@ -144,8 +225,9 @@ struct Tiles {
       C16 = k_slice(at.C16, "smem.C16");
       H16 = k_slice(at.H16, "smem.H16");
       W16 = k_slice(at.W16, "smem.W16");
-      S = f32_slice(at.S, "smem.S");
     }
+    if (mma || mma_f32) S = f32_slice(at.S, "smem.S");
+    if (mma_f32) Sq = f32_slice(at.Sq, "smem.Sq");
   }
 };
 
@@ -210,7 +292,7 @@ RJA_DEVICE void stage_joint(const Joint<K>& J, const Tiles<K>& t, const Dims& s,
   if (t.mma) {
     stage_joint_tile(J, t.J16, t.ld16, L, col0, cols, t.Lp, E);
   } else {
-    stage_joint_tile(J, t.Jt, E + 1, L, col0, cols, L, cols);
+    stage_joint_tile(J, t.Jt, t.ldE, L, col0, cols, t.Lp, t.mma_f32 ? E : cols);
   }
 }
 
@@ -228,43 +310,53 @@ RJA_DEVICE void stage_rows(const Modality<K>& m, Ptr<const float> P, Ptr<const f
       const int l = i / R, r = i % R;
       t.Q16[l * t.ldQ16 + r] = from_float<K>(l < L && r < rows ? Q[l * d + base + r] : 0.f);
     }
-  } else {
-    RJA_BLOCK_LOOP(i, rows * L) t.Pt[i] = P[base * L + i];
-    RJA_BLOCK_LOOP(i, L * rows) {
-      const int l = i / rows, r = i % rows;
-      t.Qt[l * R + r] = Q[l * d + base + r];
+  } else {  // on the backward's tensor-core path zero on to [R, Lp] and [Lp, R]
+    const int Rp = t.mma_f32 ? R : rows;
+    RJA_BLOCK_LOOP(i, Rp * t.Lp) {
+      const int r = i / t.Lp, l = i % t.Lp;
+      t.Pt[r * t.ldP + l] = r < rows && l < L ? P[(base + r) * L + l] : 0.f;
+    }
+    RJA_BLOCK_LOOP(i, t.Lp * Rp) {
+      const int l = i / Rp, r = i % Rp;
+      t.Qt[l * t.ldQ + r] = l < L && r < rows ? Q[l * d + base + r] : 0.f;
     }
   }
 }
 
 // C of the staged row tile into t.C (with kDerivative, the backward's, also tanh' of its elements
-// into t.gS), no barrier; on the forward's tensor-core path into t.C16, in 16 bits, with a barrier
-// inside. C is complete for every thread after the next barrier.
+// into t.gS), no barrier; on the forward's tensor-core path into t.C16, in 16 bits, and on the
+// backward's into the padded t.C, each with a barrier inside. C is complete for every thread after
+// the next barrier.
 template <class K, bool kDerivative>
 RJA_DEVICE void correlation(const Tiles<K>& t, const Dims& s, int rows, int cols) {
   const int R = s.R, E = s.E;
-  if constexpr (tensor_cores<K>() && !kDerivative) {
+  if constexpr (tensor_cores<K>()) {
     if (t.mma) {
       correlation_tile_mma<K>(R, E, t.Lp, t.P16, t.ldP16, t.J16, t.ld16, t.S, t.ldS, t.C16, t.ld16, s.scale);
       return;
     }
+    if (t.mma_f32) {
+      correlation_tile_f32<K, kDerivative>(R, E, t.Lp, t.Pt, t.ldP, t.Jt, t.ldE, t.C, t.ldE, rows, cols, s.scale,
+                                           t.gS);
+      return;
+    }
   }
-  correlation_tile<K, kDerivative>(t.Pt, t.Jt, E + 1, t.C, E + 1, rows, cols, s.L, s.scale, t.gS);
+  correlation_tile<K, kDerivative>(t.Pt, t.Jt, t.ldE, t.C, t.ldE, rows, cols, s.L, s.scale, t.gS);
 }
 
 // The [L, cols] tile of G = (x w_c) C for the staged J tile, over all row tiles of m, with C
 // recomputed tile by tile. Barriers inside (the first orders the J tile, P and Q before their use);
 // at return the G tile is complete for the threads of the (l, e) loop over L * cols (for all threads
-// on the tensor-core path, where its [Lp, E] padding is 0), and the last row tile's P rows, Q
+// on the tensor-core paths, where its [Lp, E] padding is 0), and the last row tile's P rows, Q
 // columns and C (with kDerivative also tanh' of C's elements, in gS) are still staged.
 template <class K, bool kDerivative = false>
 RJA_DEVICE void attention_tile(const Modality<K>& m, Ptr<const float> P, Ptr<const float> Q, const Tiles<K>& t,
                                const Dims& s, int cols) {
   const int L = s.L, R = s.R, E = s.E;
-  if (t.mma) {
-    RJA_BLOCK_LOOP(i, t.Lp * E) t.G[i] = 0.f;
+  if (t.mma || t.mma_f32) {
+    RJA_BLOCK_LOOP(i, t.Lp * E) t.G[(i / E) * t.ldG + i % E] = 0.f;
   } else {
-    RJA_BLOCK_LOOP(i, L * cols) t.G[(i / cols) * E + i % cols] = 0.f;
+    RJA_BLOCK_LOOP(i, L * cols) t.G[(i / cols) * t.ldG + i % cols] = 0.f;
   }
   for (int row0 = 0; row0 < m.dm; row0 += R) {
     const int rows = tile_size(m.dm, row0, R);
@@ -275,48 +367,65 @@ RJA_DEVICE void attention_tile(const Modality<K>& m, Ptr<const float> P, Ptr<con
     __syncthreads();
     if constexpr (tensor_cores<K>()) {
       if (t.mma) {
-        mma_tiles<K>(t.Lp, E, R, t.Q16, t.ldQ16, t.C16, t.ld16, t.G, E, true);
+        mma_tiles<K>(t.Lp, E, R, t.Q16, t.ldQ16, t.C16, t.ld16, t.G, t.ldG, true);
+        continue;
+      }
+      if (t.mma_f32) {
+        mma_tiles_f32<nvcuda::wmma::row_major, nvcuda::wmma::row_major>(t.Lp, E, R, t.Qt, t.ldQ, t.C, t.ldE, t.G,
+                                                                        t.ldG, true);
         continue;
       }
     }
     RJA_BLOCK_LOOP(i, L * cols) {  // same (l, e) ownership as the zeroing above
       const int l = i / cols, e = i % cols;
       float acc = 0.f;
-      for (int r = 0; r < rows; ++r) acc += t.Qt[l * R + r] * t.C[r * (E + 1) + e];
-      t.G[l * E + e] += acc;
+      for (int r = 0; r < rows; ++r) acc += t.Qt[l * t.ldQ + r] * t.C[r * t.ldE + e];
+      t.G[l * t.ldG + e] += acc;
     }
   }
-  if (t.mma) __syncthreads();  // the warps' G tiles are complete
+  if (t.mma || t.mma_f32) __syncthreads();  // the warps' G tiles are complete
 }
 
 // U[:, off : off + dm] += H w_h[col0 : col0 + cols, :] of modality m for the H tile (t.H16 on the
-// tensor-core path, else t.G), complete before the call. On the tensor-core path in chunks of E
-// columns of w_h, staged in 16 bits, with barriers inside; no barrier on the CUDA-core path.
+// forward's tensor-core path, else t.G), complete before the call. On the tensor-core paths in
+// chunks of columns of w_h, staged: E in 16 bits, or on the backward's R in float (3xTF32, in less
+// shared memory), with barriers inside; no barrier on the CUDA-core path.
 template <class K>
 RJA_DEVICE void add_update(const Modality<K>& m, const Tiles<K>& t, const Dims& s, Ptr<float> U, int col0, int cols) {
   const int L = s.L, E = s.E, d = s.d(), dm = m.dm, off = m.off;
   const Ptr<const K> wh = slice(m.wh, std::int64_t(col0) * dm, std::int64_t(cols) * dm, "w_h[tile]");
   if constexpr (tensor_cores<K>()) {
-    if (t.mma) {
-      for (int c0 = 0; c0 < dm; c0 += E) {
-        const int n = tile_size(dm, c0, E);
-        if (c0 > 0) __syncthreads();  // the previous chunk's readers of W16 and S are done
-        RJA_BLOCK_LOOP(i, E * E) {    // zero past the tile's rows: H's padding times it must be 0
-          const int k = i / E, c = i % E;
-          t.W16[k * t.ld16 + c] = k < cols && c < n ? wh[k * dm + c0 + c] : from_float<K>(0.f);
+    if (t.mma || t.mma_f32) {
+      const int nc = t.mma ? E : s.R, lds = t.mma ? t.ldS : t.ldQ;  // W16 [E, ld16], W [E, ldQ]
+      for (int c0 = 0; c0 < dm; c0 += nc) {
+        const int n = tile_size(dm, c0, nc);
+        if (c0 > 0) __syncthreads();  // the previous chunk's readers of W16 (W) and S are done
+        RJA_BLOCK_LOOP(i, E * nc) {   // zero past the tile's rows: H's padding times it must be 0
+          const int k = i / nc, c = i % nc;
+          const K w = k < cols && c < n ? wh[k * dm + c0 + c] : from_float<K>(0.f);
+          if (t.mma) {
+            t.W16[k * t.ld16 + c] = w;
+          } else {
+            t.W[k * t.ldQ + c] = to_float(w);
+          }
         }
         __syncthreads();
-        mma_tiles<K>(t.Lp, E, E, t.H16, t.ld16, t.W16, t.ld16, t.S, t.ldS, false);
+        if (t.mma) {
+          mma_tiles<K>(t.Lp, nc, E, t.H16, t.ld16, t.W16, t.ld16, t.S, lds, false);
+        } else {
+          mma_tiles_f32<nvcuda::wmma::row_major, nvcuda::wmma::row_major, false, true>(t.Lp, nc, E, t.G, t.ldG, t.W,
+                                                                                       t.ldQ, t.S, lds, false);
+        }
         __syncthreads();
         RJA_BLOCK_LOOP(i, L * n) {
           const int l = i / n, c = i % n;
-          U[l * d + off + c0 + c] += t.S[l * t.ldS + c];
+          U[l * d + off + c0 + c] += t.S[l * lds + c];
         }
       }
       return;
     }
   }
-  rows_times(L, dm, cols, [&](int l, int e) { return t.G[l * E + e]; }, wh, dm,
+  rows_times(L, dm, cols, [&](int l, int e) { return t.G[l * t.ldG + e]; }, wh, dm,
              [&](int l, int c, float v) { U[l * d + off + c] += v; });
 }
 
@@ -340,14 +449,14 @@ RJA_DEVICE void update_pass(const Modality<K>* mods, const Joint<K>& J, Ptr<cons
       attention_tile(m, P, Q, t, s, cols);
       if (t.mma) {
         RJA_BLOCK_LOOP(i, t.Lp * E) {  // H in 16 bits, 0 where G's padding is
-          const float g = t.G[i];
+          const float g = t.G[(i / E) * t.ldG + i % E];
           t.H16[(i / E) * t.ld16 + i % E] = from_float<K>(relu(s.h_tanh ? tanh_of<K>(g) : g));
         }
       } else {
         RJA_BLOCK_LOOP(i, L * cols) {  // H, in place of G
           const int l = i / cols, e = i % cols;
-          const float g = t.G[l * E + e];
-          t.G[l * E + e] = relu(s.h_tanh ? tanh_of<K>(g) : g);
+          const float g = t.G[l * t.ldG + e];
+          t.G[l * t.ldG + e] = relu(s.h_tanh ? tanh_of<K>(g) : g);
         }
       }
       __syncthreads();
@@ -442,7 +551,9 @@ struct BackwardArgs {
 };
 
 // One column tile [col0, col0 + cols) of modality m: the H tile and every gradient it feeds; the
-// tile's terms of gQ and gP are added to them. Barriers inside; ends with one.
+// tile's terms of gQ and gP are added to them. Each product is either a scalar loop or, on the
+// tensor-core path, an mma into its shared tile (gG, gJ) or into S, Sq, read by the same epilogue.
+// Barriers inside; ends with one.
 template <class K>
 RJA_DEVICE void backward_column_tile(const Modality<K>& m, Ptr<const float> P, Ptr<const float> Q, Ptr<float> H,
                                      Ptr<const float> gU, Ptr<float> gQ, Ptr<float> gP, const Tiles<K>& t,
@@ -451,54 +562,91 @@ RJA_DEVICE void backward_column_tile(const Modality<K>& m, Ptr<const float> P, P
   attention_tile<K, true>(m, P, Q, t, s, cols);
   RJA_BLOCK_LOOP(i, L * cols) {  // H, and dH/dG in place of G (same (l, e) ownership)
     const int l = i / cols, e = i % cols;
-    const float g = t.G[l * E + e];
+    const float g = t.G[l * t.ldG + e];
     const float act = s.h_tanh ? tanh_of<K>(g) : g;
     H[l * d + col0 + e] = relu(act);
     // Masks multiply, so a NaN stays NaN as in the reference.
-    t.G[l * E + e] = (act > 0.f ? 1.f : 0.f) * (s.h_tanh ? tanh_derivative(g) : 1.f);
-    t.gG[l * E + e] = 0.f;
+    t.G[l * t.ldG + e] = (act > 0.f ? 1.f : 0.f) * (s.h_tanh ? tanh_derivative(g) : 1.f);
+    if (!t.mma_f32) t.gG[l * t.ldG + e] = 0.f;  // rows_times_transposed adds to it
   }
-  // gG = gU_m w_h[tile]^T, then times dH/dG
-  rows_times_transposed(L, cols, dm, [&](int l, int c) { return gU[l * d + off + c]; },
-                        slice(m.wh, std::int64_t(col0) * dm, std::int64_t(cols) * dm, "w_h[tile]"), dm, t.W, R, E,
-                        [&](int l, int e, float v) { t.gG[l * E + e] += v; });
+  // gG = gU_m w_h[tile]^T, then times dH/dG (0 on G's padding)
+  const auto gU_m = [&](int l, int c) { return gU[l * d + off + c]; };
+  const Ptr<const K> wh = slice(m.wh, std::int64_t(col0) * dm, std::int64_t(cols) * dm, "w_h[tile]");
+  if (t.mma_f32) {
+    if constexpr (tensor_cores<K>()) {
+      rows_times_transposed_f32<false>(L, t.Lp, cols, E, dm, gU_m, wh, dm, t.S, t.ldQ, t.W, t.ldQ, R, t.gG, t.ldG);
+    }
+  } else {
+    rows_times_transposed(L, cols, dm, gU_m, wh, dm, t.W, R, E, [&](int l, int e, float v) { t.gG[l * t.ldG + e] += v; });
+  }
   RJA_BLOCK_LOOP(i, L * cols) {
     const int l = i / cols, e = i % cols;
-    t.gG[l * E + e] *= t.G[l * E + e];
+    t.gG[l * t.ldG + e] *= t.G[l * t.ldG + e];
   }
   for (int row0 = 0; row0 < dm; row0 += R) {
     const int rows = tile_size(dm, row0, R), base = off + row0;
     if (dm > R) {  // several row tiles: recompute this one's C and tanh' (one row tile is still staged)
-      __syncthreads();  // the previous row tile's readers of P, Q, C and gS are done
+      __syncthreads();  // the previous row tile's readers of P, Q, C, gS, S and Sq are done
       stage_rows(m, P, Q, t, s, row0, rows);
       __syncthreads();
       correlation<K, true>(t, s, rows, cols);
     }
     __syncthreads();  // C, tanh' (in gS) and gG are complete
-    RJA_BLOCK_LOOP(i, rows * cols) {  // gS = (Q^T gG) tanh' / sqrt(d) (same (r, e) owner as tanh')
+    if constexpr (tensor_cores<K>()) {
+      if (t.mma_f32) {  // S = Q^T gG, Sq = gG C^T
+        namespace wmma = nvcuda::wmma;
+        mma_tiles_f32<wmma::col_major, wmma::row_major>(R, E, t.Lp, t.Qt, t.ldQ, t.gG, t.ldG, t.S, t.ldE, false);
+        mma_tiles_f32<wmma::row_major, wmma::col_major>(t.Lp, R, E, t.gG, t.ldG, t.C, t.ldE, t.Sq, t.ldQ, false);
+        __syncthreads();
+      }
+    }
+    RJA_BLOCK_LOOP(i, rows * cols) {  // gS = (Q^T gG) tanh' / sqrt(d)
       const int r = i / cols, e = i % cols;
       float acc = 0.f;
-      for (int l = 0; l < L; ++l) acc += t.Qt[l * R + r] * t.gG[l * E + e];
-      t.gS[r * (E + 1) + e] *= acc * s.scale;
+      if (t.mma_f32) {
+        acc = t.S[r * t.ldE + e];
+      } else {
+        for (int l = 0; l < L; ++l) acc += t.Qt[l * t.ldQ + r] * t.gG[l * t.ldG + e];
+      }
+      t.gS[r * t.ldE + e] *= acc * s.scale;
     }
     RJA_BLOCK_LOOP(i, L * rows) {  // gQ += gG C^T
       const int l = i / rows, r = i % rows;
       float acc = 0.f;
-      for (int e = 0; e < cols; ++e) acc += t.gG[l * E + e] * t.C[r * (E + 1) + e];
+      if (t.mma_f32) {
+        acc = t.Sq[l * t.ldQ + r];
+      } else {
+        for (int e = 0; e < cols; ++e) acc += t.gG[l * t.ldG + e] * t.C[r * t.ldE + e];
+      }
       gQ[l * d + base + r] += acc;
     }
     __syncthreads();
+    if constexpr (tensor_cores<K>()) {
+      if (t.mma_f32) {  // S = gS J^T, gJ += P^T gS
+        namespace wmma = nvcuda::wmma;
+        mma_tiles_f32<wmma::row_major, wmma::col_major, false, true>(R, t.Lp, E, t.gS, t.ldE, t.Jt, t.ldE, t.S, t.ldP,
+                                                                     false);
+        mma_tiles_f32<wmma::col_major, wmma::row_major>(t.Lp, E, R, t.Pt, t.ldP, t.gS, t.ldE, t.gJ, t.ldG, true);
+        __syncthreads();
+      }
+    }
     RJA_BLOCK_LOOP(i, rows * L) {  // gP += gS J^T
       const int r = i / L, l = i % L;
       float acc = 0.f;
-      for (int e = 0; e < cols; ++e) acc += t.gS[r * (E + 1) + e] * t.Jt[l * (E + 1) + e];
+      if (t.mma_f32) {
+        acc = t.S[r * t.ldP + l];
+      } else {
+        for (int e = 0; e < cols; ++e) acc += t.gS[r * t.ldE + e] * t.Jt[l * t.ldE + e];
+      }
       gP[(base + r) * L + l] += acc;
     }
-    RJA_BLOCK_LOOP(i, L * cols) {  // gJ += P^T gS
-      const int l = i / cols, e = i % cols;
-      float acc = 0.f;
-      for (int r = 0; r < rows; ++r) acc += t.Pt[r * L + l] * t.gS[r * (E + 1) + e];
-      t.gJ[l * E + e] += acc;
+    if (!t.mma_f32) {
+      RJA_BLOCK_LOOP(i, L * cols) {  // gJ += P^T gS
+        const int l = i / cols, e = i % cols;
+        float acc = 0.f;
+        for (int r = 0; r < rows; ++r) acc += t.Pt[r * t.ldP + l] * t.gS[r * t.ldE + e];
+        t.gJ[l * t.ldG + e] += acc;
+      }
     }
   }
   __syncthreads();
@@ -575,13 +723,14 @@ __global__ void backward_kernel(BackwardArgs<K> a) {
       const int col0 = tile * E, cols = tile_size(d, col0, E);
       __syncthreads();  // P, Q, gU, gQ, gP are complete; the previous tile's readers of J are done
       stage_joint(J, t, s, col0, cols);
-      RJA_BLOCK_LOOP(i, L * cols) t.gJ[(i / cols) * E + i % cols] = 0.f;
+      const int Ez = t.mma_f32 ? E : cols;  // the tensor-core path accumulates all of [Lp, E]
+      RJA_BLOCK_LOOP(i, t.Lp * Ez) t.gJ[(i / Ez) * t.ldG + i % Ez] = 0.f;
       for (int mi = 0; mi < 2; ++mi) {
         backward_column_tile(mods[mi], work.P, work.Q, H[mi], gU, gQ_out, gP_out, t, s, col0, cols);
       }
-      RJA_BLOCK_LOOP(i, L * cols) {  // dx += dJ (same (l, e) ownership as the zeroing above)
+      RJA_BLOCK_LOOP(i, L * cols) {  // dx += dJ
         const int l = i / cols, e = i % cols;
-        g[l * d + col0 + e] += t.gJ[l * E + e];
+        g[l * d + col0 + e] += t.gJ[l * t.ldG + e];
       }
     }
     if (!alone) {
