@@ -365,11 +365,31 @@ def test_jca_tensor_core_launch_shapes(dtype, config):
     check(JCA, 2, 20, 13, 29, 2, 2, dtype, k=20, config=config)
 
 
+def _jca_backward_mma_calls(B, L, da, dv, k, T, R, E):
+    """mma_sync calls (per lane: 32 a warp's) of the JCA backward's 3xTF32 contractions: per row tile,
+    column tile and iteration of a sample, as mma_tiles_f32 counts them ((M / 16) (N / 16) (Kd / 8)
+    steps of 3 products, 2 where one operand is 16-bit: J, w_c), at L and k padded to 16."""
+    Lp, kp = -(-L // 16) * 16, -(-k // 16) * 16
+
+    def mma(M, N, Kd, products):
+        return M // 16 * (N // 16) * (Kd // 8) * products
+
+    per_tile = (2 * mma(R, E, Lp, 2)  # P J, in phase A and again in phase B
+                + mma(R, kp, E, 2)  # Z += C w_c^T
+                + mma(R, E, kp, 2)  # gZ w_c
+                + mma(kp, E, R, 3)  # grad w_c += gZ^T C
+                + mma(Lp, E, R, 3)  # gJ += P^T gS
+                + mma(R, Lp, E, 2))  # gS J^T
+    row_tiles, column_tiles = -(-da // R) + -(-dv // R), -(-(da + dv) // E)
+    return 32 * per_tile * row_tiles * column_tiles * T * B
+
+
 @pytest.mark.parametrize("split", SPLITS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_jca_tensor_cores_take_the_16_bit_forward_only(dtype, split, emulated_device):
-    # As for the paper form: the forward of float16/bfloat16 at tiles of multiples of 16 runs on
-    # tensor cores, with any split; float32, the backward and other tiles stay on CUDA cores.
+def test_jca_tensor_cores_take_the_16_bit_forward_and_backward(dtype, split, emulated_device):
+    # The forward of float16/bfloat16 at tiles of multiples of 16 runs on tensor cores (16-bit
+    # operands), and so do the backward's large contractions (3xTF32), with any split, every row
+    # tile's once; float32 and other tiles stay on CUDA cores.
     emulated_device(8, 2)  # room for 3 samples x 3 blocks
     inp = make_inputs(JCA, 3, 6, 13, 29, 2, k=12, dtype=dtype)
     weights = tuple(t for n, t in inp.items() if n.startswith("w_"))
@@ -377,7 +397,9 @@ def test_jca_tensor_cores_take_the_16_bit_forward_only(dtype, split, emulated_de
     with cuda.emulated_config(split=split):
         forward = _mma_calls(lambda: saved.extend(cuda.jca_forward(inp["xa"], inp["xv"], weights, 2)))
         assert (forward > 0) == (dtype != torch.float32)
-        assert _mma_calls(lambda: cuda.jca_backward(saved[0], saved[1], saved[2], saved[3], weights)) == 0
+        backward = _mma_calls(lambda: cuda.jca_backward(saved[0], saved[1], saved[2], saved[3], weights))
+    rows, cols = cuda.EMULATED_CONFIG["rows"], cuda.EMULATED_CONFIG["cols"]
+    assert backward == (0 if dtype == torch.float32 else _jca_backward_mma_calls(3, 6, 13, 29, 12, 2, rows, cols))
     ragged = {"threads": 40, "rows": 7, "cols": 5, "split": split}
     assert _mma_calls(lambda: check(JCA, 3, 6, 13, 29, 2, 1, dtype, k=12, config=ragged)) == 0
 

@@ -269,7 +269,8 @@ inline std::vector<at::Tensor> backward(const at::Tensor& grad_xa, const at::Ten
   check_weights(xa_iters, w, 8);
   const int64_t T = xa_iters.size(0), B = xa_iters.size(1), L = xa_iters.size(2), da = xa_iters.size(3);
   const int64_t dv = xv_iters.size(3), Tw = w[2].size(0);
-  Dims s = dims_of(B, L, da, dv, w[2].size(1), T, Tw, cfg);
+  // The 16-bit backward's large contractions on tensor cores by 3xTF32 (jca.cuh), where the forward's are.
+  Dims s = with_tensor_cores(dims_of(B, L, da, dv, w[2].size(1), T, Tw, cfg), xa_iters.scalar_type());
   auto grad_xa_in = at::empty_like(grad_xa), grad_xv_in = at::empty_like(grad_xv);
   const auto f32 = grad_xa.options().dtype(at::kFloat);
   // Per-block partials [B * S, Tw, ...], reduced below by a deterministic sum over the blocks and

@@ -13,14 +13,18 @@
 // The backward pass runs the iterations in reverse in one launch and recomputes the C tiles.
 //
 // Tensor cores. For float16 and bfloat16 (with tiles of multiples of 16 on an sm_80+ device:
-// Dims::mma, host.h) the forward's two large contractions, C = tanh(P J_tile / sqrt(d)) (R x E
-// over L) and Z += C w_c_tile^T (R x k over E: at L = 16, k = 32 these are all but a few percent
-// of the work), run on WMMA (mma_tiles, common.cuh) with float32 accumulators, Z accumulating in
-// place; their operands P, J, C and w_c are rounded to the element type, as the eager reference
-// rounds its intermediates. The small products (P, x^T w_u^T and the output's relu(Z) w_h^T: O(L)
-// per element of x against the big ones' O(d)) stay float32 on CUDA cores, and so do float32
-// inputs and the backward, which keeps the relu mask of Z from 16-bit operands out of its
-// gradients (as in paper.cuh).
+// Dims::mma, host.h) the large contractions run on WMMA with float32 accumulators. The forward's
+// two, C = tanh(P J_tile / sqrt(d)) (R x E over L) and Z += C w_c_tile^T (R x k over E: at L = 16,
+// k = 32 these are all but a few percent of the work), take 16-bit operands (mma_tiles,
+// common.cuh), Z accumulating in place: P, J, C and w_c are rounded to the element type, as the
+// eager reference rounds its intermediates. The backward's, the recomputed C and Z and the gradient
+// products gZ w_c, grad w_c += gZ^T C, gJ += P^T gS and gS J^T, take float operands at about
+// float32 accuracy by 3xTF32 (mma_tiles_f32; J and w_c hold 16-bit values, so theirs need two
+// products, not three): with 16-bit operands the relu mask of a Z from them would enter the
+// gradients (as in paper.cuh), and 16-bit gradient tiles break the accuracy rule. Unmeasured on a
+// GPU. The small products (P, x^T w_u^T, the output's relu(Z) w_h^T and the backward's other terms:
+// O(L) or O(k) per element of x against the big ones' O(d)) stay float32 on CUDA cores, and so
+// does everything for float32 inputs, whose rule tf32 would break.
 //
 // Forward and backward give each sample S blocks (Dims::split, chosen by host.h to fill the GPU:
 // S = 1 is an ordinary launch, S > 1 a cooperative one with a barrier across the S blocks through
@@ -40,52 +44,82 @@
 #include "common.cuh"
 
 namespace rja {
+
+// candidate for common.cuh: --------------------------------------------------------------------
+#if RJA_WMMA
+// correlation_tile on tensor cores at about float32 accuracy: C[r, e] = tanh(scale * S[r, e]) (and
+// with kDerivative D[r, e] = tanh'(.), D with C's row stride) for r < R, e < E, with the product
+// S = P J ([R, Lp] [Lp, E], float; J holds 16-bit values, the exact operand of mma_tiles_f32) in the
+// float buffer S. P and J zero past their staged rows and columns make C 0 (and D 1) there. Barrier
+// inside; C (and D) are complete after the next one.
+template <class K, bool kDerivative = false>
+RJA_DEVICE void correlation_tile_f32(int R, int E, int Lp, Ptr<const float> P, int ldp, Ptr<const float> J, int ldj,
+                                     Ptr<float> S, int lds, Ptr<float> C, int ldc, float scale,
+                                     Ptr<float> D = Ptr<float>()) {
+  namespace wmma = nvcuda::wmma;
+  mma_tiles_f32<wmma::row_major, wmma::row_major, false, true>(R, E, Lp, P, ldp, J, ldj, S, lds, false);
+  __syncthreads();
+  RJA_BLOCK_LOOP(i, R * E) {
+    const int r = i / E, e = i % E;
+    const float x = S[r * lds + e] * scale;
+    C[r * ldc + e] = tanh_of<K>(x);
+    if constexpr (kDerivative) D[r * ldc + e] = tanh_derivative(x);
+  }
+}
+#endif
+// ---------------------------------------------------------------------------------------------------
+
 namespace jca {
 
 // Shared memory of one block, in floats; every buffer starts 32-byte aligned (WMMA tiles). Strides
 // k + 1 and E + 1 keep the column walks of the Z and w_c tiles free of bank conflicts. The
-// forward's tensor-core path (s.mma) pads L to Lp and k to kp, multiples of 16, and has the 16-bit
-// mma operands and a float tile for the product P J in place of the float P, J, w_c and C tiles;
-// its row strides are 16 bytes more than a multiple of 16 elements, so the rows of a WMMA tile
-// start in different banks.
+// tensor-core paths (s.mma) pad L to Lp and k to kp, multiples of 16, and add a float tile S for
+// products bound elsewhere. The forward's has the 16-bit mma operands in place of the float P, J,
+// w_c and C tiles; the backward's (3xTF32) keeps those, padded. Their row strides are 16 bytes more
+// than a multiple of 16 elements, so the rows of a WMMA tile start in different banks.
 struct SmemLayout : SmemArena {
-  int Lp, kp, ldZ, ldP16, ld16, ldS;  // padded L and k, and row strides
-  Span wj, wu, wh, Z;                 // float
-  Span P, Jt, Wct, C;                 // float, CUDA-core path only
-  Span G, gZ, gS, gWc, gJ;            // float, backward only
-  Span P16, J16, Wc16, C16, S;        // tensor-core path only
+  int Lp, kp, ldZ, ldP, ldE, ldW, ldP16, ld16, ldS;  // padded L and k, and row strides
+  Span wj, wu, wh, Z;                                // float
+  Span P, Jt, Wct, C;                                // float, but on the forward's tensor-core path
+  Span G, gZ, gS, gWc, gJ;                           // float, backward only
+  Span P16, J16, Wc16, C16;                          // the forward's tensor-core path only
+  Span S;                                            // the tensor-core paths only
   RJA_HOST_DEVICE SmemLayout(const Dims& s, bool backward) {
     const int L = s.L, k = s.k, R = s.R, E = s.E;
+    const bool operands16 = s.mma && !backward;
     Lp = s.mma ? (L + 15) / 16 * 16 : L;
     kp = s.mma ? (k + 15) / 16 * 16 : k;
-    ldZ = s.mma ? kp + 4 : k + 1;
+    ldZ = s.mma ? kp + 4 : k + 1;  // Z and gZ
+    ldP = s.mma ? Lp + 4 : L;
+    ldE = s.mma ? E + 4 : E;  // Jt, C, gS, gWc, gJ
+    ldW = s.mma ? E + 4 : E + 1;
     ldP16 = Lp + 8;
     ld16 = E + 8;
-    ldS = E + 4;
+    ldS = (E > Lp ? E : Lp) + 4;
     wj = take(L * L, 4);
     wu = take(k * L, 4);
     wh = take(L * k, 4);
     Z = take(R * ldZ, 4);
-    if (!s.mma) {
-      P = take(R * L, 4);
-      Jt = take(L * E, 4);
-      Wct = take(k * (E + 1), 4);
-      C = take(R * E, 4);
+    if (!operands16) {
+      P = take(R * ldP, 4);
+      Jt = take(Lp * ldE, 4);
+      Wct = take(kp * ldW, 4);
+      C = take(R * ldE, 4);
     }
     if (backward) {
       G = take(L * R, 4);
-      gZ = take(R * (k + 1), 4);
-      gS = take(R * E, 4);
-      gWc = take(k * E, 4);
-      gJ = take(L * E, 4);
+      gZ = take(R * ldZ, 4);
+      gS = take(R * ldE, 4);
+      gWc = take(kp * ldE, 4);
+      gJ = take(Lp * ldE, 4);
     }
-    if (s.mma) {
+    if (operands16) {
       P16 = take(R * ldP16, 2);
       J16 = take(Lp * ld16, 2);
       Wc16 = take(kp * ld16, 2);
       C16 = take(R * ld16, 2);
-      S = take(R * ldS, 4);
     }
+    if (s.mma) S = take(R * ldS, 4);
   }
 };
 
@@ -93,24 +127,30 @@ template <class K>
 struct Tiles {
   Ptr<float> wj, wu, wh;  // this modality's w_j [L, L], w_u [k, L], w_h [L, k]
   Ptr<float> Z;           // [R, ldZ] pre-activation of the attention map
-  // P, Jt, Wct, C: the CUDA-core path only.
-  Ptr<float> P;           // [R, L]
-  Ptr<float> Jt;          // [L, E]   joint-feature tile
-  Ptr<float> Wct;         // [k, E+1] w_c tile
-  Ptr<float> C;           // [R, E]   tanh tile
-  Ptr<float> G;           // [L, R]   backward: incoming gradient of the rows
-  Ptr<float> gZ;          // [R, k+1] backward: gradient of Z
-  Ptr<float> gS;          // [R, E]   backward: gradient of the pre-tanh tile
-  Ptr<float> gWc;         // [k, E]   backward: w_c gradient of the column tile
-  Ptr<float> gJ;          // [L, E]   backward: J gradient of the column tile
-  // The forward's tensor-core path: the mma operands in 16 bits, zero past the ragged or padded edges.
-  bool mma;  // this path is taken
-  int Lp, kp, ldZ, ldP16, ld16, ldS;
+  // P, Jt, Wct, C: all but the forward's tensor-core path.
+  Ptr<float> P;           // [R, ldP]
+  Ptr<float> Jt;          // [Lp, ldE] joint-feature tile
+  Ptr<float> Wct;         // [kp, ldW] w_c tile, rows c: the col-major B operand of C w_c^T
+  Ptr<float> C;           // [R, ldE]  tanh tile
+  Ptr<float> G;           // [L, R]    backward: incoming gradient of the rows
+  Ptr<float> gZ;          // [R, ldZ]  backward: gradient of Z
+  Ptr<float> gS;          // [R, ldE]  backward: gradient of the pre-tanh tile
+  Ptr<float> gWc;         // [kp, ldE] backward: w_c gradient of the column tile
+  Ptr<float> gJ;          // [Lp, ldE] backward: J gradient of the column tile
+  // The tensor-core paths, whose mma operands are zero past the ragged or padded edges: the
+  // forward's with 16-bit operands, the backward's with float ones (3xTF32, mma_tiles_f32).
+  bool mma;      // the forward's is taken
+  bool mma_f32;  // the backward's is taken
+  int Lp, kp, ldZ, ldP, ldE, ldW, ldP16, ld16, ldS;
   Ptr<K> P16;    // [R, ldP16]  P rows
   Ptr<K> J16;    // [Lp, ld16]  J tile
   Ptr<K> Wc16;   // [kp, ld16]  w_c tile, rows c: the col-major B operand of C w_c^T
   Ptr<K> C16;    // [R, ld16]   tanh tile
-  Ptr<float> S;  // [R, ldS]    P J before its tanh
+  Ptr<float> S;  // [R, ldS]    P J before its tanh; in the backward also gZ w_c and gS J^T
+
+  // The extent of a tile dimension of n elements (padded to `padded`) that its staging and zeroing
+  // loops cover: the padding too on a tensor-core path.
+  RJA_DEVICE int extent(int n, int padded) const { return mma || mma_f32 ? padded : n; }
 
   RJA_DEVICE Tiles(Ptr<float> smem, const Dims& s, bool backward) {
     const SmemLayout at(s, backward);
@@ -120,7 +160,7 @@ struct Tiles {
     wu = f32(at.wu, "smem.wu");
     wh = f32(at.wh, "smem.wh");
     Z = f32(at.Z, "smem.Z");
-    if (!s.mma) {
+    if (!(s.mma && !backward)) {
       P = f32(at.P, "smem.P");
       Jt = f32(at.Jt, "smem.Jt");
       Wct = f32(at.Wct, "smem.Wct");
@@ -133,10 +173,14 @@ struct Tiles {
       gWc = f32(at.gWc, "smem.gWc");
       gJ = f32(at.gJ, "smem.gJ");
     }
-    mma = tensor_cores<K>() && s.mma;
+    mma = tensor_cores<K>() && s.mma && !backward;
+    mma_f32 = tensor_cores<K>() && s.mma && backward;
     Lp = at.Lp;
     kp = at.kp;
     ldZ = at.ldZ;
+    ldP = at.ldP;
+    ldE = at.ldE;
+    ldW = at.ldW;
     ldP16 = at.ldP16;
     ld16 = at.ld16;
     ldS = at.ldS;
@@ -145,8 +189,8 @@ struct Tiles {
       J16 = k16(at.J16, "smem.J16");
       Wc16 = k16(at.Wc16, "smem.Wc16");
       C16 = k16(at.C16, "smem.C16");
-      S = f32(at.S, "smem.S");
     }
+    if (mma || mma_f32) S = f32(at.S, "smem.S");
   }
 };
 
@@ -193,16 +237,27 @@ RJA_DEVICE void load_small_weights(const Modality<K>& m, const Tiles<K>& t, cons
   RJA_BLOCK_LOOP(i, s.L * s.k) t.wh[i] = to_float(m.wh[i]);
 }
 
+// The float w_c tile of the columns [col0, col0 + cols), zero on to [kp, E) on the backward's
+// tensor-core path.
 template <class K>
 RJA_DEVICE void load_wc_tile(const Modality<K>& m, const Tiles<K>& t, const Dims& s, int col0, int cols) {
-  RJA_BLOCK_LOOP(i, s.k * cols) {
-    const int c = i / cols, e = i % cols;
-    t.Wct[c * (s.E + 1) + e] = to_float(m.wc[c * s.d() + col0 + e]);
+  const int rows = t.extent(s.k, t.kp), n = t.extent(cols, s.E);
+  RJA_BLOCK_LOOP(i, rows * n) {
+    const int c = i / n, e = i % n;
+    t.Wct[c * t.ldW + e] = c < s.k && e < cols ? to_float(m.wc[c * s.d() + col0 + e]) : 0.f;
   }
 }
 
+// The float J tile of the columns [col0, col0 + cols), zero on to [Lp, E) on the backward's
+// tensor-core path.
+template <class K>
+RJA_DEVICE void load_joint_tile(const Joint<K>& J, const Tiles<K>& t, const Dims& s, int col0, int cols) {
+  stage_joint_tile(J, t.Jt, t.ldE, s.L, col0, cols, t.extent(s.L, t.Lp), t.extent(cols, s.E));
+}
+
 // Stages the J and w_c tiles of the columns [col0, col0 + cols): float, or in 16 bits on the
-// tensor-core path, zero past the columns and L (J) or k (w_c), so their products add nothing there.
+// forward's tensor-core path; on the tensor-core paths zero past the columns and L (J) or k (w_c),
+// so their products add nothing there.
 template <class K>
 RJA_DEVICE void stage_column_tile(const Modality<K>& m, const Joint<K>& J, const Tiles<K>& t, const Dims& s, int col0,
                                   int cols) {
@@ -214,33 +269,40 @@ RJA_DEVICE void stage_column_tile(const Modality<K>& m, const Joint<K>& J, const
       t.Wc16[c * t.ld16 + e] = c < k && e < cols ? m.wc[c * d + col0 + e] : from_float<K>(0.f);
     }
   } else {
-    stage_joint_tile(J, t.Jt, E, L, col0, cols, L, cols);
+    load_joint_tile(J, t, s, col0, cols);
     load_wc_tile(m, t, s, col0, cols);
   }
 }
 
 // C = tanh(P J_tile * scale) for the staged P rows and J tile; in the backward also tanh' into gS.
-// On the forward's tensor-core path all [R, E] of C16, with a barrier inside.
+// On the tensor-core paths all [R, E] of C16 (forward) or C and gS (backward, 3xTF32), with a
+// barrier inside.
 template <class K, bool kDerivative = false>
 RJA_DEVICE void tanh_tile(const Tiles<K>& t, const Dims& s, int rows, int cols) {
-  if constexpr (tensor_cores<K>() && !kDerivative) {
-    if (t.mma) {
+  if constexpr (tensor_cores<K>()) {
+    if (t.mma) {  // the forward's: no derivative
       correlation_tile_mma<K>(s.R, s.E, t.Lp, t.P16, t.ldP16, t.J16, t.ld16, t.S, t.ldS, t.C16, t.ld16, s.scale);
       return;
     }
+    if (t.mma_f32) {
+      correlation_tile_f32<K, kDerivative>(s.R, s.E, t.Lp, t.P, t.ldP, t.Jt, t.ldE, t.S, t.ldS, t.C, t.ldE, s.scale,
+                                           t.gS);
+      return;
+    }
   }
-  correlation_tile<K, kDerivative>(t.P, t.Jt, s.E, t.C, s.E, rows, cols, s.L, s.scale, t.gS);
+  correlation_tile<K, kDerivative>(t.P, t.Jt, t.ldE, t.C, t.ldE, rows, cols, s.L, s.scale, t.gS);
 }
 
 // Z of rows [row0, row0 + rows) of modality m, streaming over the joint features in tiles of E;
-// leaves P (P16 on the tensor-core path) and Z in shared memory. Expects the small weights staged
-// and synchronised. On the tensor-core path P J and Z += C w_c^T run on WMMA (mma_tiles) over all
-// [R, kp] of Z, zero past the rows and k.
+// leaves P (P16 on the forward's tensor-core path) and Z in shared memory. Expects the small weights
+// staged and synchronised. On the tensor-core paths P J and Z += C w_c^T run on WMMA over all
+// [R, kp] of Z, zero past the rows and k: mma_tiles with 16-bit operands in the forward,
+// mma_tiles_f32 in the backward, whose relu mask of Z must be float32's.
 template <class K>
 RJA_DEVICE void attention_rows(const Modality<K>& m, const Joint<K>& J, const Tiles<K>& t, const Dims& s, int row0,
                                int rows) {
   const int L = s.L, k = s.k, d = s.d(), R = s.R;
-  const int prows = t.mma ? R : rows, pcols = t.mma ? t.Lp : L;
+  const int prows = t.extent(rows, R), pcols = t.extent(L, t.Lp);
   RJA_BLOCK_LOOP(i, prows * pcols) {
     const int r = i / pcols, l = i % pcols;
     float acc = 0.f;
@@ -250,10 +312,10 @@ RJA_DEVICE void attention_rows(const Modality<K>& m, const Joint<K>& J, const Ti
     if (t.mma) {
       t.P16[r * t.ldP16 + l] = from_float<K>(acc);
     } else {
-      t.P[r * L + l] = acc;
+      t.P[r * t.ldP + l] = acc;
     }
   }
-  const int zrows = t.mma ? R : rows, zcols = t.mma ? t.kp : k;
+  const int zrows = t.extent(rows, R), zcols = t.extent(k, t.kp);
   RJA_BLOCK_LOOP(i, zrows * zcols) {  // the unimodal term x^T w_u^T
     const int r = i / zcols, c = i % zcols;
     float acc = 0.f;
@@ -274,11 +336,16 @@ RJA_DEVICE void attention_rows(const Modality<K>& m, const Joint<K>& J, const Ti
         mma_tiles<K, nvcuda::wmma::col_major>(R, t.kp, s.E, t.C16, t.ld16, t.Wc16, t.ld16, t.Z, t.ldZ, true);
         continue;
       }
+      if (t.mma_f32) {
+        mma_tiles_f32<nvcuda::wmma::row_major, nvcuda::wmma::col_major, false, true>(R, t.kp, s.E, t.C, t.ldE, t.Wct,
+                                                                                    t.ldW, t.Z, t.ldZ, true);
+        continue;
+      }
     }
     RJA_BLOCK_LOOP(i, rows * k) {  // same (r, c) ownership as the initialisation above
       const int r = i / k, c = i % k;
       float acc = 0.f;
-      for (int e = 0; e < cols; ++e) acc += t.C[r * s.E + e] * t.Wct[c * (s.E + 1) + e];
+      for (int e = 0; e < cols; ++e) acc += t.C[r * t.ldE + e] * t.Wct[c * t.ldW + e];
       t.Z[r * t.ldZ + c] += acc;
     }
   }
@@ -389,7 +456,7 @@ RJA_DEVICE void backward_rows(const Modality<K>& m, const Joint<K>& J, const Bac
   }
   RJA_BLOCK_LOOP(i, rows * L) {
     const int r = i / L, l = i % L;
-    st.P[(base + r) * L + l] = t.P[r * L + l];
+    st.P[(base + r) * L + l] = t.P[r * t.ldP + l];
     st.gP[(base + r) * L + l] = 0.f;
   }
   __syncthreads();
@@ -398,7 +465,7 @@ RJA_DEVICE void backward_rows(const Modality<K>& m, const Joint<K>& J, const Bac
     float acc = 0.f;
     for (int l = 0; l < L; ++l) acc += t.G[l * R + r] * t.wh[l * k + c];
     const float gz = t.Z[r * t.ldZ + c] > 0.f ? acc : 0.f;
-    t.gZ[r * (k + 1) + c] = gz;
+    t.gZ[r * t.ldZ + c] = gz;
     st.gZ[(base + r) * k + c] = gz;
   }
   __syncthreads();
@@ -411,63 +478,115 @@ RJA_DEVICE void backward_rows(const Modality<K>& m, const Joint<K>& J, const Bac
   RJA_BLOCK_LOOP(i, k * L) {  // grad w_u += gZ^T x^T
     const int c = i / L, l = i % L;
     float acc = 0.f;
-    for (int r = 0; r < rows; ++r) acc += t.gZ[r * (k + 1) + c] * to_float(m.x[l * m.dm + row0 + r]);
+    for (int r = 0; r < rows; ++r) acc += t.gZ[r * t.ldZ + c] * to_float(m.x[l * m.dm + row0 + r]);
     st.gw[2 + first][c * L + l] += acc;
   }
   RJA_BLOCK_LOOP(i, L * rows) {  // g = grad_out + w_u^T gZ^T (this thread alone reads g here)
     const int l = i / rows, r = i % rows;
     float acc = t.G[l * R + r];
-    for (int c = 0; c < k; ++c) acc += t.wu[c * L + l] * t.gZ[r * (k + 1) + c];
+    for (int c = 0; c < k; ++c) acc += t.wu[c * L + l] * t.gZ[r * t.ldZ + c];
     st.g[l * d + base + r] = acc;
   }
   __syncthreads();
 }
 
+// gS = (gZ w_c) tanh' scale for the staged gZ rows and w_c tile, tanh' staged in gS. On the
+// backward's tensor-core path all [R, E] (zero past the rows and columns), with a barrier inside.
+template <class K>
+RJA_DEVICE void pre_tanh_gradient(const Tiles<K>& t, const Dims& s, int rows, int cols) {
+  if constexpr (tensor_cores<K>()) {
+    if (t.mma_f32) {
+      mma_tiles_f32<nvcuda::wmma::row_major, nvcuda::wmma::row_major, false, true>(s.R, s.E, t.kp, t.gZ, t.ldZ, t.Wct,
+                                                                                  t.ldW, t.S, t.ldS, false);
+      __syncthreads();
+      RJA_BLOCK_LOOP(i, s.R * s.E) {
+        const int r = i / s.E, e = i % s.E;
+        t.gS[r * t.ldE + e] *= t.S[r * t.ldS + e] * s.scale;
+      }
+      return;
+    }
+  }
+  RJA_BLOCK_LOOP(i, rows * cols) {  // same (r, e) owner as tanh'
+    const int r = i / cols, e = i % cols;
+    float acc = 0.f;
+    for (int c = 0; c < s.k; ++c) acc += t.gZ[r * t.ldZ + c] * t.Wct[c * t.ldW + e];
+    t.gS[r * t.ldE + e] *= acc * s.scale;
+  }
+}
+
+// The products of gS and C with the row tile's gZ, P and the J tile: gWc += gZ^T C, gJ += P^T gS
+// (shared tiles) and gP += gS J^T (the rows [base, base + rows) of st.gP). On the backward's
+// tensor-core path over all [kp, E] and [Lp, E], gS J^T through S, with a barrier inside.
+template <class K>
+RJA_DEVICE void column_tile_products(const BackwardState& st, const Tiles<K>& t, const Dims& s, int base, int rows,
+                                     int cols) {
+  const int L = s.L, k = s.k;
+  if constexpr (tensor_cores<K>()) {
+    if (t.mma_f32) {
+      namespace wmma = nvcuda::wmma;
+      mma_tiles_f32<wmma::col_major, wmma::row_major>(t.kp, s.E, s.R, t.gZ, t.ldZ, t.C, t.ldE, t.gWc, t.ldE, true);
+      mma_tiles_f32<wmma::col_major, wmma::row_major>(t.Lp, s.E, s.R, t.P, t.ldP, t.gS, t.ldE, t.gJ, t.ldE, true);
+      mma_tiles_f32<wmma::row_major, wmma::col_major, false, true>(s.R, t.Lp, s.E, t.gS, t.ldE, t.Jt, t.ldE, t.S,
+                                                                    t.ldS, false);
+      __syncthreads();
+      RJA_BLOCK_LOOP(i, rows * L) {
+        const int r = i / L, l = i % L;
+        st.gP[(base + r) * L + l] += t.S[r * t.ldS + l];
+      }
+      return;
+    }
+  }
+  RJA_BLOCK_LOOP(i, k * cols) {
+    const int c = i / cols, e = i % cols;
+    float acc = 0.f;
+    for (int r = 0; r < rows; ++r) acc += t.gZ[r * t.ldZ + c] * t.C[r * t.ldE + e];
+    t.gWc[c * t.ldE + e] += acc;
+  }
+  RJA_BLOCK_LOOP(i, L * cols) {
+    const int l = i / cols, e = i % cols;
+    float acc = 0.f;
+    for (int r = 0; r < rows; ++r) acc += t.P[r * t.ldP + l] * t.gS[r * t.ldE + e];
+    t.gJ[l * t.ldE + e] += acc;
+  }
+  RJA_BLOCK_LOOP(i, rows * L) {
+    const int r = i / L, l = i % L;
+    float acc = 0.f;
+    for (int e = 0; e < cols; ++e) acc += t.gS[r * t.ldE + e] * t.Jt[l * t.ldE + e];
+    st.gP[(base + r) * L + l] += acc;
+  }
+}
+
 // Phase B, one column tile [col0, col0 + cols) and the block's rows of m: recompute C, then
-// gS = (gZ w_c) (1 - C^2) scale, grad w_c += gZ^T C, gJ += P^T gS, gP += gS J^T.
+// gS = (gZ w_c) (1 - C^2) scale, grad w_c += gZ^T C, gJ += P^T gS, gP += gS J^T. On the backward's
+// tensor-core path P, gZ and the tiles are zero past the rows, L, k and the columns.
 template <class K>
 RJA_DEVICE void backward_column_tile(const Modality<K>& m, const BackwardState& st, int first, const Tiles<K>& t,
                                      const Dims& s, int col0, int cols, const Group& g) {
-  const int L = s.L, k = s.k, E = s.E;
+  const int L = s.L, k = s.k;
+  const int wrows = t.extent(k, t.kp), wcols = t.extent(cols, s.E);
   load_wc_tile(m, t, s, col0, cols);
-  RJA_BLOCK_LOOP(i, k * cols) t.gWc[(i / cols) * E + i % cols] = 0.f;
+  RJA_BLOCK_LOOP(i, wrows * wcols) t.gWc[(i / wcols) * t.ldE + i % wcols] = 0.f;
   for_own_row_tiles(m.dm, m.off, g, s, [&](int row0, int rows) {
-    const int base = m.off + row0;
-    RJA_BLOCK_LOOP(i, rows * L) t.P[i] = st.P[base * L + i];
-    RJA_BLOCK_LOOP(i, rows * k) t.gZ[(i / k) * (k + 1) + i % k] = st.gZ[base * k + i];
+    const int base = m.off + row0, prows = t.extent(rows, s.R), pcols = t.extent(L, t.Lp), zcols = t.extent(k, t.kp);
+    RJA_BLOCK_LOOP(i, prows * pcols) {
+      const int r = i / pcols, l = i % pcols;
+      t.P[r * t.ldP + l] = r < rows && l < L ? st.P[(base + r) * L + l] : 0.f;
+    }
+    RJA_BLOCK_LOOP(i, prows * zcols) {
+      const int r = i / zcols, c = i % zcols;
+      t.gZ[r * t.ldZ + c] = r < rows && c < k ? st.gZ[(base + r) * k + c] : 0.f;
+    }
     __syncthreads();
     tanh_tile<K, true>(t, s, rows, cols);
     __syncthreads();
-    RJA_BLOCK_LOOP(i, rows * cols) {  // gS = (gZ w_c) tanh' scale, tanh' staged in gS (same (r, e) owner)
-      const int r = i / cols, e = i % cols;
-      float acc = 0.f;
-      for (int c = 0; c < k; ++c) acc += t.gZ[r * (k + 1) + c] * t.Wct[c * (E + 1) + e];
-      t.gS[r * E + e] *= acc * s.scale;
-    }
+    pre_tanh_gradient(t, s, rows, cols);
     __syncthreads();
-    RJA_BLOCK_LOOP(i, k * cols) {
-      const int c = i / cols, e = i % cols;
-      float acc = 0.f;
-      for (int r = 0; r < rows; ++r) acc += t.gZ[r * (k + 1) + c] * t.C[r * E + e];
-      t.gWc[c * E + e] += acc;
-    }
-    RJA_BLOCK_LOOP(i, L * cols) {
-      const int l = i / cols, e = i % cols;
-      float acc = 0.f;
-      for (int r = 0; r < rows; ++r) acc += t.P[r * L + l] * t.gS[r * E + e];
-      t.gJ[l * E + e] += acc;
-    }
-    RJA_BLOCK_LOOP(i, rows * L) {
-      const int r = i / L, l = i % L;
-      float acc = 0.f;
-      for (int e = 0; e < cols; ++e) acc += t.gS[r * E + e] * t.Jt[l * E + e];
-      st.gP[(base + r) * L + l] += acc;
-    }
+    column_tile_products(st, t, s, base, rows, cols);
     __syncthreads();
   });
-  RJA_BLOCK_LOOP(i, k * cols) {  // same (c, e) ownership as the zeroing above
-    const int c = i / cols, e = i % cols;
-    st.gw[4 + first][c * s.d() + col0 + e] += t.gWc[c * E + e];
+  RJA_BLOCK_LOOP(i, wrows * wcols) {  // same (c, e) ownership as the zeroing above
+    const int c = i / wcols, e = i % wcols;
+    if (c < k && e < cols) st.gw[4 + first][c * s.d() + col0 + e] += t.gWc[c * t.ldE + e];
   }
 }
 
@@ -563,15 +682,17 @@ __global__ void backward_kernel(BackwardArgs<K> a) {
     const Ptr<float> dJ_mine = alone ? Ptr<float>() : slice(dJ, group.part * ld, ld, "partials[b][parity][part]");
     for (int col0 = 0; col0 < d; col0 += s.E) {  // phase B: per column tile, both modalities
       const int cols = d - col0 < s.E ? d - col0 : s.E;
-      stage_joint_tile(J, t.Jt, s.E, L, col0, cols, L, cols);
-      RJA_BLOCK_LOOP(i, L * cols) t.gJ[(i / cols) * s.E + i % cols] = 0.f;
+      const int jrows = t.extent(L, t.Lp), jcols = t.extent(cols, s.E);
+      load_joint_tile(J, t, s, col0, cols);
+      RJA_BLOCK_LOOP(i, jrows * jcols) t.gJ[(i / jcols) * t.ldE + i % jcols] = 0.f;
       for (int first = 0; first < 2; ++first) backward_column_tile(mods[first], st, first, t, s, col0, cols, group);
-      RJA_BLOCK_LOOP(i, L * cols) {  // same (l, e) ownership as the zeroing above
-        const int l = i / cols, e = i % cols;
+      RJA_BLOCK_LOOP(i, jrows * jcols) {  // same (l, e) ownership as the zeroing above
+        const int l = i / jcols, e = i % jcols;
+        if (l >= L || e >= cols) continue;
         if (alone) {
-          st.g[l * d + col0 + e] += t.gJ[l * s.E + e];
+          st.g[l * d + col0 + e] += t.gJ[l * t.ldE + e];
         } else {
-          dJ_mine[l * d + col0 + e] = t.gJ[l * s.E + e];
+          dJ_mine[l * d + col0 + e] = t.gJ[l * t.ldE + e];
         }
       }
       __syncthreads();
