@@ -404,6 +404,30 @@ def test_jca_tensor_cores_take_the_16_bit_forward_and_backward(dtype, split, emu
     assert _mma_calls(lambda: check(JCA, 3, 6, 13, 29, 2, 1, dtype, k=12, config=ragged)) == 0
 
 
+@pytest.mark.parametrize("config", [{}, TENSOR_CORE_SHAPES[1]], ids=["default", "single-tile"])
+@pytest.mark.parametrize("dtype", LOW_DTYPES, ids=str)
+def test_jca_16_bit_backward_is_the_float32_kernels_rounded(dtype, config):
+    # The 16-bit backward's 3xTF32 products are about float32's: on the same values its gradients
+    # are the float32 kernel's (CUDA cores) rounded to the dtype, but where the two float32 results
+    # straddle a rounding boundary (measured: at most 0.2% of the elements, by 0.2 eps max|grad|).
+    # One TF32 product of a float operand would move about half of them.
+    inp = make_inputs(JCA, 2, 20, 13, 29, 2, k=20, dtype=dtype, seed=5)
+    weights = tuple(t for n, t in inp.items() if n.startswith("w_"))
+    gen = torch.Generator().manual_seed(6)
+    grads_out = [torch.randn(inp[n].shape, generator=gen).to(dtype) for n in ("xa", "xv")]
+    with cuda.emulated_config(**config):
+        saved = cuda.jca_forward(inp["xa"], inp["xv"], weights, 2)
+        low = cuda.jca_backward(*grads_out, *saved[2:], weights)
+        f32 = cuda.jca_backward(*(t.float() for t in (*grads_out, *saved[2:])), tuple(w.float() for w in weights))
+    differ = 0
+    for name, got, ref in zip((f"grad {n}" for n in inp), low, f32):
+        rounded = ref.to(dtype)
+        differ += (got != rounded).sum().item()
+        err = (got.double() - rounded.double()).abs().max().item()
+        assert err <= torch.finfo(dtype).eps * rounded.abs().max().item(), f"{name}: {err:.3g} from float32's"
+    assert differ <= 0.02 * sum(g.numel() for g in low)
+
+
 def test_jca_shared_memory_limit_is_reported():
     # L = 160, k = 160: the weight tiles alone exceed the 227 KiB a block may have.
     inp = make_inputs(JCA, 1, 160, 8, 8, 1, k=160)
