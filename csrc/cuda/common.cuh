@@ -20,7 +20,7 @@ struct Dims {
   int R, E;  // tile sizes: rows of x^T (rows of C) and joint features (columns of C) per tile
   float scale;  // 1 / sqrt(d)
   bool h_tanh, out_relu;  // the paper form's switches (SPEC section 1)
-  bool mma;               // the forward on tensor cores, both forms (paper.cuh, jca.cuh; host.h decides)
+  bool mma;               // 16-bit inputs on tensor cores, both forms and passes (paper.cuh, jca.cuh; host.h decides)
   int split = 1;          // thread blocks per sample, both forms (paper.cuh, jca.cuh; host.h decides)
   RJA_HOST_DEVICE int d() const { return da + dv; }
   RJA_HOST_DEVICE int weight_set(int it) const { return Tw == 1 ? 0 : it; }
@@ -267,6 +267,28 @@ RJA_DEVICE void correlation_tile_mma(int R, int E, int Lp, Ptr<const K> P16, int
     C16[r * ldc + e] = from_float<K>(tanh_of<K>(S[r * lds + e] * scale));
   }
 }
+
+// correlation_tile on tensor cores at about float32 accuracy: C[r, e] = tanh(scale * S[r, e]) for
+// r < R, e < E, with the product S = P J ([R, Lp] [Lp, E], float; J holds 16-bit values, the exact
+// operand of mma_tiles_f32) in the float buffer S, which may be C itself (lds = ldc: each element
+// is read and written by its one thread). P and J zero past their staged rows and columns make C
+// 0 there. With kDerivative also D[r, e] = tanh'(.) (C's row stride) for r < rows, e < cols, and 0
+// past them: tanh'(0) = 1 would not keep a product with D's padding at 0. Barrier inside; C (and D)
+// are complete after the next one.
+template <class K, bool kDerivative = false>
+RJA_DEVICE void correlation_tile_f32(int R, int E, int Lp, Ptr<const float> P, int ldp, Ptr<const float> J, int ldj,
+                                     Ptr<float> S, int lds, Ptr<float> C, int ldc, int rows, int cols, float scale,
+                                     Ptr<float> D = Ptr<float>()) {
+  namespace wmma = nvcuda::wmma;
+  mma_tiles_f32<wmma::row_major, wmma::row_major, false, true>(R, E, Lp, P, ldp, J, ldj, S, lds, false);
+  __syncthreads();
+  RJA_BLOCK_LOOP(i, R * E) {
+    const int r = i / E, e = i % E;
+    const float x = S[r * lds + e] * scale;
+    C[r * ldc + e] = tanh_of<K>(x);
+    if constexpr (kDerivative) D[r * ldc + e] = r < rows && e < cols ? tanh_derivative(x) : 0.f;
+  }
+}
 #endif
 
 // Rows of a product computed together by one thread: each element of the right operand it loads
@@ -329,5 +351,37 @@ RJA_DEVICE void rows_times_transposed(int M, int N, int K, const A& a, Ptr<const
   }
   __syncthreads();
 }
+
+#if RJA_WMMA
+// Out[Mp, Np] = sum_{k < K} a(l, k) w[c * ldw + k] for l < M, c < N, and 0 on to Mp, Np (multiples
+// of 16): rows_times_transposed on tensor cores at about float32 accuracy. Chunks of kc (a multiple
+// of 8) columns of a and of the row-major w (global memory, loads coalesced along k) are staged in
+// As [Mp, lda] and Ws [Np, ldws] (w transposed in place: a col_major operand), zero past M, N, K;
+// w of a 16-bit type (and a with kExactA) are exact in tf32, which saves a product. Out is
+// overwritten, not accumulated. Starts with a barrier (a, w must be complete; the previous readers
+// of As, Ws, Out done) and ends with one (Out is complete).
+template <bool kExactA, class W, class A>
+RJA_DEVICE void rows_times_transposed_f32(int M, int Mp, int N, int Np, int K, const A& a, Ptr<const W> w,
+                                          std::int64_t ldw, Ptr<float> As, int lda, Ptr<float> Ws, int ldws, int kc,
+                                          Ptr<float> Out, int ldo) {
+  namespace wmma = nvcuda::wmma;
+  for (int k0 = 0; k0 < K; k0 += kc) {
+    const int ks = tile_size(K, k0, kc);
+    __syncthreads();  // the previous chunk's readers are done
+    RJA_BLOCK_LOOP(i, Mp * kc) {
+      const int l = i / kc, k = i % kc;
+      As[l * lda + k] = l < M && k < ks ? a(l, k0 + k) : 0.f;
+    }
+    RJA_BLOCK_LOOP(i, Np * kc) {
+      const int c = i / kc, k = i % kc;
+      Ws[c * ldws + k] = c < N && k < ks ? to_float(w[c * ldw + k0 + k]) : 0.f;
+    }
+    __syncthreads();
+    mma_tiles_f32<wmma::row_major, wmma::col_major, kExactA, sizeof(W) == 2>(Mp, Np, kc, As, lda, Ws, ldws, Out, ldo,
+                                                                            k0 > 0);
+  }
+  __syncthreads();
+}
+#endif
 
 }  // namespace rja

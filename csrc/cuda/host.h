@@ -212,9 +212,9 @@ inline void check_features(const at::Tensor& like, std::initializer_list<const a
   }
 }
 
-// The forward's tensor-core path of both forms (paper.cuh, jca.cuh), and the paper form's backward's
-// (3xTF32), take 16-bit elements with tiles of multiples of 16 (WMMA's m16n16k16) on a device with
-// bfloat16 WMMA (sm_80+); everything else, and the JCA form's backward, runs on CUDA cores.
+// The tensor-core paths of both forms (paper.cuh, jca.cuh: the forward's 16-bit products, the
+// backward's 3xTF32 ones) take 16-bit elements with tiles of multiples of 16 (WMMA's m16n16k16) on
+// a device with bfloat16 WMMA (sm_80+); float32 and other tiles run on CUDA cores.
 inline Dims with_tensor_cores(Dims s, at::ScalarType dtype) {
   s.mma = dtype != at::kFloat && s.R % 16 == 0 && s.E % 16 == 0 && device_has_bf16_wmma();
   return s;
@@ -269,7 +269,6 @@ inline std::vector<at::Tensor> backward(const at::Tensor& grad_xa, const at::Ten
   check_weights(xa_iters, w, 8);
   const int64_t T = xa_iters.size(0), B = xa_iters.size(1), L = xa_iters.size(2), da = xa_iters.size(3);
   const int64_t dv = xv_iters.size(3), Tw = w[2].size(0);
-  // The 16-bit backward's large contractions on tensor cores by 3xTF32 (jca.cuh), where the forward's are.
   Dims s = with_tensor_cores(dims_of(B, L, da, dv, w[2].size(1), T, Tw, cfg), xa_iters.scalar_type());
   auto grad_xa_in = at::empty_like(grad_xa), grad_xv_in = at::empty_like(grad_xv);
   const auto f32 = grad_xa.options().dtype(at::kFloat);

@@ -45,30 +45,6 @@
 
 namespace rja {
 
-// candidate for common.cuh: --------------------------------------------------------------------
-#if RJA_WMMA
-// correlation_tile on tensor cores at about float32 accuracy: C[r, e] = tanh(scale * S[r, e]) (and
-// with kDerivative D[r, e] = tanh'(.), D with C's row stride) for r < R, e < E, with the product
-// S = P J ([R, Lp] [Lp, E], float; J holds 16-bit values, the exact operand of mma_tiles_f32) in the
-// float buffer S. P and J zero past their staged rows and columns make C 0 (and D 1) there. Barrier
-// inside; C (and D) are complete after the next one.
-template <class K, bool kDerivative = false>
-RJA_DEVICE void correlation_tile_f32(int R, int E, int Lp, Ptr<const float> P, int ldp, Ptr<const float> J, int ldj,
-                                     Ptr<float> S, int lds, Ptr<float> C, int ldc, float scale,
-                                     Ptr<float> D = Ptr<float>()) {
-  namespace wmma = nvcuda::wmma;
-  mma_tiles_f32<wmma::row_major, wmma::row_major, false, true>(R, E, Lp, P, ldp, J, ldj, S, lds, false);
-  __syncthreads();
-  RJA_BLOCK_LOOP(i, R * E) {
-    const int r = i / E, e = i % E;
-    const float x = S[r * lds + e] * scale;
-    C[r * ldc + e] = tanh_of<K>(x);
-    if constexpr (kDerivative) D[r * ldc + e] = tanh_derivative(x);
-  }
-}
-#endif
-// ---------------------------------------------------------------------------------------------------
-
 namespace jca {
 
 // Shared memory of one block, in floats; every buffer starts 32-byte aligned (WMMA tiles). Strides
@@ -285,8 +261,8 @@ RJA_DEVICE void tanh_tile(const Tiles<K>& t, const Dims& s, int rows, int cols) 
       return;
     }
     if (t.mma_f32) {
-      correlation_tile_f32<K, kDerivative>(s.R, s.E, t.Lp, t.P, t.ldP, t.Jt, t.ldE, t.S, t.ldS, t.C, t.ldE, s.scale,
-                                           t.gS);
+      correlation_tile_f32<K, kDerivative>(s.R, s.E, t.Lp, t.P, t.ldP, t.Jt, t.ldE, t.S, t.ldS, t.C, t.ldE, rows,
+                                           cols, s.scale, t.gS);
       return;
     }
   }

@@ -48,59 +48,6 @@
 
 namespace rja {
 
-// candidate for common.cuh: the float32 counterparts of correlation_tile_mma and rows_times_transposed
-// on tensor cores (3xTF32, mma_tiles_f32), for the paper form's backward.
-#if RJA_WMMA
-// correlation_tile at float32 accuracy: C[r, e] = tanh(scale * (P Jt)[r, e]) for r < R, e < E, P
-// [R, Lp] float and Jt [Lp, E] holding K values (exact in tf32), zero past their staged rows and
-// columns, so C is tanh(0) = 0 there; with kDerivative also D[r, e] = tanh'(.) for r < rows,
-// e < cols, and 0 past them (tanh'(0) = 1 would not keep a product with D's padding at 0). D has
-// C's row stride. Barrier inside; C and D are complete after the next one.
-template <class K, bool kDerivative>
-RJA_DEVICE void correlation_tile_f32(int R, int E, int Lp, Ptr<const float> P, int ldp, Ptr<const float> Jt, int ldj,
-                                     Ptr<float> C, int ldc, int rows, int cols, float scale, Ptr<float> D) {
-  namespace wmma = nvcuda::wmma;
-  mma_tiles_f32<wmma::row_major, wmma::row_major, false, true>(R, E, Lp, P, ldp, Jt, ldj, C, ldc, false);
-  __syncthreads();
-  RJA_BLOCK_LOOP(i, R * E) {  // in place: each element read and written by its one thread
-    const int r = i / E, e = i % E;
-    const float x = C[r * ldc + e] * scale;
-    C[r * ldc + e] = tanh_of<K>(x);
-    if constexpr (kDerivative) D[r * ldc + e] = r < rows && e < cols ? tanh_derivative(x) : 0.f;
-  }
-}
-
-// Out[Mp, Np] = sum_{k < K} a(l, k) w[c * ldw + k] for l < M, c < N, and 0 on to Mp, Np (multiples
-// of 16): rows_times_transposed on tensor cores at about float32 accuracy. Chunks of kc (a multiple
-// of 8) columns of a and of the row-major w (global memory, loads coalesced along k) are staged in
-// As [Mp, lda] and Ws [Np, ldws] (w transposed in place: a col_major operand), zero past M, N, K;
-// w of a 16-bit type (and a with kExactA) are exact in tf32, which saves a product. Out is
-// overwritten, not accumulated. Starts with a barrier (a, w must be complete; the previous readers
-// of As, Ws, Out done) and ends with one (Out is complete).
-template <bool kExactA, class W, class A>
-RJA_DEVICE void rows_times_transposed_f32(int M, int Mp, int N, int Np, int K, const A& a, Ptr<const W> w,
-                                          std::int64_t ldw, Ptr<float> As, int lda, Ptr<float> Ws, int ldws, int kc,
-                                          Ptr<float> Out, int ldo) {
-  namespace wmma = nvcuda::wmma;
-  for (int k0 = 0; k0 < K; k0 += kc) {
-    const int ks = tile_size(K, k0, kc);
-    __syncthreads();  // the previous chunk's readers are done
-    RJA_BLOCK_LOOP(i, Mp * kc) {
-      const int l = i / kc, k = i % kc;
-      As[l * lda + k] = l < M && k < ks ? a(l, k0 + k) : 0.f;
-    }
-    RJA_BLOCK_LOOP(i, Np * kc) {
-      const int c = i / kc, k = i % kc;
-      Ws[c * ldws + k] = c < N && k < ks ? to_float(w[c * ldw + k0 + k]) : 0.f;
-    }
-    __syncthreads();
-    mma_tiles_f32<wmma::row_major, wmma::col_major, kExactA, sizeof(W) == 2>(Mp, Np, kc, As, lda, Ws, ldws, Out, ldo,
-                                                                            k0 > 0);
-  }
-  __syncthreads();
-}
-#endif
-
 namespace paper {
 
 // Shared memory of one block, in floats; every buffer starts 32-byte aligned (WMMA tiles). On CUDA
@@ -336,8 +283,8 @@ RJA_DEVICE void correlation(const Tiles<K>& t, const Dims& s, int rows, int cols
       return;
     }
     if (t.mma_f32) {
-      correlation_tile_f32<K, kDerivative>(R, E, t.Lp, t.Pt, t.ldP, t.Jt, t.ldE, t.C, t.ldE, rows, cols, s.scale,
-                                           t.gS);
+      correlation_tile_f32<K, kDerivative>(R, E, t.Lp, t.Pt, t.ldP, t.Jt, t.ldE, t.C, t.ldE, t.C, t.ldE, rows, cols,
+                                           s.scale, t.gS);
       return;
     }
   }
