@@ -42,7 +42,8 @@ stage extensions 60 "$PY" -P -m rja_kernels.ext_info --require-cuda || exit 1
 if [ "${RJA_GPU_SKIP_TESTS:-0}" != 1 ]; then
   # The files that test on the GPU; the rest of the suite needs packages that machine lacks (PyAV).
   stage tests "${RJA_GPU_TEST_SECONDS:-150}" "$PY" -P -m pytest -q -x -p no:cacheprovider \
-    tests/test_cuda_gpu.py tests/test_approx_tanh.py tests/test_triton.py tests/test_triton_split.py
+    tests/test_cuda_gpu.py tests/test_approx_tanh.py tests/test_triton.py tests/test_triton_split.py \
+    tests/test_triton_tf32x3.py
 fi
 select=(-k "${RJA_GPU_BENCH_K-paper-form-paper and not max-autotune}")
 [ -z "${select[1]}" ] && select=()

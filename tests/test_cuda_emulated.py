@@ -159,19 +159,22 @@ def _paper_backward_mma_calls(seq, da, dv, iterations, rows, cols, out_relu):
     rows and `cols` features (paper.cuh's backward_column_tile): per column tile and modality the
     first pass's C and G += Q C per row tile, gG = gU w_h^T in chunks of `rows`, and per row tile
     Q^T gG, gG C^T, gS J^T, gJ += P^T gS (and C again where there are several row tiles); with
-    out_relu also the recomputed U: the first pass again and H w_h in chunks of `rows` columns."""
+    out_relu also the recomputed U: the first pass again and H w_h in chunks of `rows` columns; per
+    modality dx's two products with the weights."""
     lp, ceil = -(-seq // 16) * 16, lambda a, b: -(-a // b)
     correlation, g = _mma_f32(rows, cols, lp, True), _mma_f32(lp, cols, rows, False)
     gradients = (_mma_f32(rows, cols, lp, False) + _mma_f32(lp, rows, cols, False) + _mma_f32(rows, lp, cols, True)
                  + _mma_f32(lp, cols, rows, False))
-    per_tile = 0
+    per_tile = dx = 0
     for dm in (da, dv):
         row_tiles = ceil(dm, rows)
         first_pass = row_tiles * (correlation + g)
         per_tile += first_pass + row_tiles * _mma_f32(lp, cols, rows, True) + row_tiles * gradients
         per_tile += row_tiles * correlation if row_tiles > 1 else 0
         per_tile += first_pass + row_tiles * _mma_f32(lp, rows, cols, True) if out_relu else 0
-    return 32 * iterations * ceil(da + dv, cols) * per_tile
+        # dx += dQ w_c^T + w_j dP^T in chunks of `cols` columns, each over chunks of `rows` of k
+        dx += ceil(dm, cols) * (row_tiles + ceil(seq, rows)) * _mma_f32(lp, cols, rows, True)
+    return 32 * iterations * (ceil(da + dv, cols) * per_tile + dx)
 
 
 @pytest.mark.parametrize("options", [{}, {"out_relu": True}], ids=_switch_id)

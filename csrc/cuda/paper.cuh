@@ -39,9 +39,9 @@
 // and 16-bit gradient tiles broke the rule as well. So for the same inputs the backward runs its
 // large contractions (the recomputed C, G and U, gG = gU w_h[tile]^T, Q^T gG, gG C^T, gS J^T and
 // P^T gS) on float32 tiles by 3xTF32 (mma_tiles_f32: about float32 accuracy; J and w_h hold 16-bit
-// values, exact in tf32, which saves a product), unmeasured on a GPU; dx += dQ w_c^T + w_j dP^T
-// (L dm^2, small next to them at the paper size) stays on CUDA cores. float32 inputs stay on CUDA
-// cores throughout.
+// values, exact in tf32, which saves a product), unmeasured on a GPU, and so does dx += dQ w_c^T +
+// w_j dP^T (L dm^2: a tenth of the work at the paper size, which CUDA cores would make the larger
+// part of the time). float32 inputs stay on CUDA cores throughout.
 #pragma once
 
 #include "common.cuh"
@@ -691,12 +691,33 @@ __global__ void backward_kernel(BackwardArgs<K> a) {
     for (int mi = 0; mi < 2; ++mi) {  // dx += dQ w_c^T + w_j dP^T, on this block's share of the columns
       const Modality<K>& m = mods[mi];
       const int dm = m.dm, off = m.off, c0 = group.first(dm), n = group.last(dm) - c0;
-      const auto add_to_g = [&](int l, int c, float v) { g[l * d + off + c0 + c] += v; };
-      rows_times_transposed(L, n, dm, [&](int l, int r) { return gQ[l * d + off + r]; },
-                            m.wc + std::int64_t(c0) * dm, dm, t.W, s.R, E, add_to_g);
-      const Ptr<const float> gP_m = slice(gP, std::int64_t(off) * L, std::int64_t(dm) * L, "gP[m]");
-      rows_times_transposed(L, n, L, [&](int l, int lp) { return to_float(m.wj[l * L + lp]); },
-                            gP_m + std::int64_t(c0) * L, L, t.W, s.R, E, add_to_g);
+      const auto gQ_m = [&](int l, int r) { return gQ[l * d + off + r]; };
+      const auto wj = [&](int l, int lp) { return to_float(m.wj[l * L + lp]); };
+      const Ptr<const K> wc = m.wc + std::int64_t(c0) * dm;
+      const Ptr<const float> gP_m = slice(gP, std::int64_t(off) * L, std::int64_t(dm) * L, "gP[m]") + c0 * L;
+      if (t.mma_f32) {
+        if constexpr (tensor_cores<K>()) {  // in chunks of E columns, each product through gG (free here)
+          for (int c1 = 0; c1 < n; c1 += E) {
+            const int nc = tile_size(n, c1, E);
+            const auto add_product_to_g = [&] {
+              RJA_BLOCK_LOOP(i, L * nc) {
+                const int l = i / nc, c = i % nc;
+                g[l * d + off + c0 + c1 + c] += t.gG[l * t.ldG + c];
+              }
+            };
+            rows_times_transposed_f32<false>(L, t.Lp, nc, E, dm, gQ_m, wc + c1 * dm, dm, t.S, t.ldQ, t.W, t.ldQ, s.R,
+                                             t.gG, t.ldG);
+            add_product_to_g();
+            rows_times_transposed_f32<true>(L, t.Lp, nc, E, L, wj, gP_m + c1 * L, L, t.S, t.ldQ, t.W, t.ldQ, s.R,
+                                            t.gG, t.ldG);  // w_j holds 16-bit values
+            add_product_to_g();
+          }
+        }
+      } else {
+        const auto add_to_g = [&](int l, int c, float v) { g[l * d + off + c0 + c] += v; };
+        rows_times_transposed(L, n, dm, gQ_m, wc, dm, t.W, s.R, E, add_to_g);
+        rows_times_transposed(L, n, L, wj, gP_m, L, t.W, s.R, E, add_to_g);
+      }
     }
   }
   group.barrier();  // g is complete
