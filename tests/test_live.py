@@ -156,11 +156,15 @@ def test_slow_inference_drops_whole_windows(files, monkeypatch, capsys):
     frames = [int(r["frame"]) for r in rows]
     windows = Counter(f // 8 for f in frames)
     assert frames == sorted(frames) and all(count == min(8, 90 - 8 * w) for w, count in windows.items())
-    # A row waits for its window (8 frames), for the window being predicted, then for its own. Without
-    # dropping, the last rows would wait for every window's inference: all of them minus the stream's 6 s.
-    bound = 8 / FPS + 2 * summary["inference_s_max"] + 0.5
+    # A row waits for its window to fill (8 frames, as they arrive), at most for the window being
+    # predicted (the drop rule), then for its own; the first two measured, not nominal, as a loaded
+    # machine delays the reader. Without dropping, the last rows would wait for every window's
+    # inference: all of them minus the stream's 6 s.
+    rounding = 0.002  # the summary's seconds are rounded to 1 ms
+    assert summary["wait_s_max"] <= summary["inference_s_max"] + rounding
+    bound = summary["fill_s_max"] + 2 * summary["inference_s_max"] + 2 * rounding
     without_dropping = (summary["windows_run"] + summary["windows_dropped"]) * summary["inference_s_median"] - 6
-    assert summary["latency_ms_max"] / 1000 < bound < without_dropping
+    assert summary["latency_ms_max"] / 1000 <= bound < without_dropping
 
 
 @pytest.mark.skipif(importlib.util.find_spec("dlib") is None or importlib.util.find_spec("face_recognition_models")

@@ -10,9 +10,10 @@ the model's input exactly as `VideoFileDataset` does for a file (`rja_models.dat
 runs `predict_windows`, turns the window's clip values into per-frame values (`frame_predictions`,
 on this window alone) and hands the rows of the frames no earlier window gave a row to the writer.
 
-Drop when behind: when window ``k + 1`` is complete while the worker has not yet taken the ready
-window ``k``, window ``k`` is dropped (counted, said on stderr), so a row is never more than about
-two inference times and one window late. With ``drop=False`` the reader waits instead (for a
+Drop when behind: when window ``k + 1`` is complete (or, at the end of the stream, begun) while
+the worker has not yet taken the ready window ``k``, window ``k`` is dropped (counted, said on
+stderr), so a ready window waits at most for the inference in flight, and a row is never later
+than its window's filling plus two inference times. With ``drop=False`` the reader waits instead (for a
 recorded stream on a pipe, which would otherwise be read faster than it can be predicted).
 """
 
@@ -118,12 +119,14 @@ class Frame:
 @dataclass
 class Window:
     """A window to predict: ``frames`` from ``start`` on (fewer than W only for the last one, at the
-    end of the stream), each clip's ``audio`` float32 [L, S], rows due from frame ``first_row`` on."""
+    end of the stream), each clip's ``audio`` float32 [L, S], rows due from frame ``first_row`` on,
+    and when it became ready to take (``time.monotonic()``)."""
 
     start: int
     frames: list[Frame]
     audio: np.ndarray
     first_row: int
+    ready: float
 
 
 @dataclass
@@ -139,10 +142,14 @@ class LiveStats:
     last_row: float | None = None
     latencies: list[float] = field(default_factory=list)
     inference: list[float] = field(default_factory=list)
+    fills: list[float] = field(default_factory=list)  # per run window: its first frame's arrival to ready
+    waits: list[float] = field(default_factory=list)  # per run window: ready to its inference
 
     def summary(self) -> dict[str, Any]:
         """Frames per second sustained (rows written per second of the run), latency median/p95/max
-        from a frame's arrival to its row being written (ms), windows run and dropped."""
+        from a frame's arrival to its row being written (ms), windows run and dropped, and the parts of
+        a row's latency (s, the most over the windows run): its window filling until ready, waiting for
+        the worker, the inference (with writing the rows)."""
         span = self.last_row - self.first_arrival if self.last_row is not None and self.first_arrival else 0.0
         lat = np.asarray(self.latencies) * 1000.0
 
@@ -155,6 +162,8 @@ class LiveStats:
                 "latency_ms_median": pct(50), "latency_ms_p95": pct(95), "latency_ms_max": pct(100),
                 "inference_s_median": round(float(np.median(self.inference)), 3) if self.inference else None,
                 "inference_s_max": round(max(self.inference), 3) if self.inference else None,
+                "fill_s_max": round(max(self.fills), 3) if self.fills else None,
+                "wait_s_max": round(max(self.waits), 3) if self.waits else None,
                 "interrupted": self.interrupted}
 
 
@@ -176,6 +185,8 @@ class WindowScheduler:
         self._rows_from = 0  # frames before this have had their row (or never will)
         self._audio_done = not audio
         self._busy = False  # the worker is predicting a window
+        self._ready_since: float | None = None  # when window _next became ready (or the stream ended)
+        self._ended: float | None = None  # when the stream ended
         self.eof = False
         self.error: BaseException | None = None
 
@@ -189,14 +200,11 @@ class WindowScheduler:
                 self.stats.first_arrival = frame.arrival
             if self.audio_window is None and frame.index + 1 >= self.windowing.length:
                 self._set_rate(self.windowing.length)
+            self._note_ready()
             # Behind: the worker is busy, the window it would take next is ready and the one after complete.
             while self._busy and self._ready(self._next) and self._complete(self._next + 1) and not stop.is_set():
                 if self.drop:
-                    start = self._start(self._next)
-                    self.stats.windows_dropped += 1
-                    self.say(f"inference behind: dropped the window of frames {start}-"
-                             f"{start + self.windowing.length - 1}")
-                    self._advance(self._next + 1)
+                    self._drop_next()
                 else:
                     self._cond.wait(_POLL_S)
             self._cond.notify_all()
@@ -205,12 +213,20 @@ class WindowScheduler:
         """Add one resampled audio chunk."""
         with self._cond:
             self.timeline.place(chunk)
+            self._note_ready()
             self._cond.notify_all()
 
     def finish(self, error: BaseException | None = None) -> None:
         """The stream ended (``error``: it broke)."""
         with self._cond:
             self.eof, self._audio_done, self.error = True, True, error
+            self._ended = time.monotonic()
+            # Behind at the end as in add_frame: the last, partial window is due while a ready one waits.
+            begun = self.stats.frames_in > self._start(self._next + 1)
+            if self.drop and self._busy and self._ready(self._next) and begun:
+                self._drop_next()
+            if self._ready_since is None:  # the last, partial window can be taken from now on
+                self._ready_since = self._ended
             self._cond.notify_all()
 
     # -- worker side --
@@ -239,6 +255,17 @@ class WindowScheduler:
             return None
 
     # -- internals (under the lock) --
+    def _note_ready(self) -> None:
+        if self._ready_since is None and self._ready(self._next):
+            self._ready_since = time.monotonic()
+
+    def _drop_next(self) -> None:
+        start = self._start(self._next)
+        self.stats.windows_dropped += 1
+        self.say(f"inference behind: dropped the window of frames {start}-{start + self.windowing.length - 1}")
+        self._advance(self._next + 1)
+        self._note_ready()
+
     def _set_rate(self, count: int) -> None:
         """The nominal frame rate from the first ``count`` frames, and with it the clip audio window."""
         times = np.array([self._frames[i].time for i in range(count)])
@@ -286,10 +313,12 @@ class WindowScheduler:
         first_row = max(start, self._rows_from)
         self._rows_from = known
         self.stats.windows_run += 1
-        return Window(start, frames, audio, first_row)
+        ready = time.monotonic() if self._ready_since is None else self._ready_since
+        return Window(start, frames, audio, first_row, ready)
 
     def _advance(self, k: int) -> None:
         self._next = k
+        self._ready_since = self._ended  # after the end every window left can be taken
         keep = self._start(k)
         for index in [i for i in self._frames if i < keep]:
             del self._frames[index]
@@ -422,6 +451,8 @@ def run_stream(scheduler: WindowScheduler, reader: SourceReader, stop: threading
                 break
             now = time.monotonic()
             stats.inference.append(now - began)
+            stats.fills.append(window.ready - window.frames[0].arrival)
+            stats.waits.append(began - window.ready)
             stats.latencies.extend(now - window.frames[int(i) - window.start].arrival for i in frames)
             stats.rows_out += len(frames)
             stats.last_row = now
