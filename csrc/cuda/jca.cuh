@@ -44,7 +44,6 @@
 #include "common.cuh"
 
 namespace rja {
-
 namespace jca {
 
 // Shared memory of one block, in floats; every buffer starts 32-byte aligned (WMMA tiles). Strides
@@ -62,7 +61,7 @@ struct SmemLayout : SmemArena {
   Span S;                                            // the tensor-core paths only
   RJA_HOST_DEVICE SmemLayout(const Dims& s, bool backward) {
     const int L = s.L, k = s.k, R = s.R, E = s.E;
-    const bool operands16 = s.mma && !backward;
+    const bool mma16 = s.mma && !backward;
     Lp = s.mma ? (L + 15) / 16 * 16 : L;
     kp = s.mma ? (k + 15) / 16 * 16 : k;
     ldZ = s.mma ? kp + 4 : k + 1;  // Z and gZ
@@ -76,7 +75,7 @@ struct SmemLayout : SmemArena {
     wu = take(k * L, 4);
     wh = take(L * k, 4);
     Z = take(R * ldZ, 4);
-    if (!operands16) {
+    if (!mma16) {
       P = take(R * ldP, 4);
       Jt = take(Lp * ldE, 4);
       Wct = take(kp * ldW, 4);
@@ -89,7 +88,7 @@ struct SmemLayout : SmemArena {
       gWc = take(kp * ldE, 4);
       gJ = take(Lp * ldE, 4);
     }
-    if (operands16) {
+    if (mma16) {
       P16 = take(R * ldP16, 2);
       J16 = take(Lp * ld16, 2);
       Wc16 = take(kp * ld16, 2);
@@ -136,7 +135,9 @@ struct Tiles {
     wu = f32(at.wu, "smem.wu");
     wh = f32(at.wh, "smem.wh");
     Z = f32(at.Z, "smem.Z");
-    if (!(s.mma && !backward)) {
+    mma = tensor_cores<K>() && s.mma && !backward;
+    mma_f32 = tensor_cores<K>() && s.mma && backward;
+    if (!mma) {
       P = f32(at.P, "smem.P");
       Jt = f32(at.Jt, "smem.Jt");
       Wct = f32(at.Wct, "smem.Wct");
@@ -149,8 +150,6 @@ struct Tiles {
       gWc = f32(at.gWc, "smem.gWc");
       gJ = f32(at.gJ, "smem.gJ");
     }
-    mma = tensor_cores<K>() && s.mma && !backward;
-    mma_f32 = tensor_cores<K>() && s.mma && backward;
     Lp = at.Lp;
     kp = at.kp;
     ldZ = at.ldZ;

@@ -47,7 +47,6 @@
 #include "common.cuh"
 
 namespace rja {
-
 namespace paper {
 
 // Shared memory of one block, in floats; every buffer starts 32-byte aligned (WMMA tiles). On CUDA
