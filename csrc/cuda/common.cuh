@@ -123,14 +123,93 @@ RJA_DEVICE Ptr<const K> weight_slice(Ptr<const K> w, int set, std::int64_t n, co
   return slice(w, std::int64_t(set) * n, n, name);
 }
 
+// v in [0, n], clamped.
+RJA_HOST_DEVICE int clamp_to(int v, int n) { return v < 0 ? 0 : v > n ? n : v; }
+
+// Staging copies move groups of one 16-byte vector of the source type: 4 floats, 8 16-bit values.
+template <class S>
+constexpr int kGroup = Vector<S>::n;
+
+// v[j] = src[j] for j < n (n <= kGroup<S>) and 0 on to kGroup<S>: one vector load where the group is
+// whole and src 16-byte aligned, else element by element (a ragged edge, an unaligned buffer).
+template <class S>
+RJA_DEVICE void load_group(Ptr<const S> src, int n, float (&v)[kGroup<S>]) {
+  if (n == kGroup<S> && aligned_16(src)) {
+    const Vector<S> q = load_vector(src);
+    RJA_UNROLL
+    for (int j = 0; j < kGroup<S>; ++j) v[j] = to_float(q.x[j]);
+  } else {
+    RJA_UNROLL
+    for (int j = 0; j < kGroup<S>; ++j) v[j] = j < n ? to_float(src[j]) : 0.f;
+  }
+}
+
+// Whether groups of G values may be stored as D to the rows (stride ldd) of dst in 16-byte vectors:
+// G elements of D fill whole vectors, and every row starts 16-byte aligned.
+template <class D, int G>
+RJA_DEVICE bool vector_rows(Ptr<D> dst, int ldd) {
+  return G % Vector<D>::n == 0 && ldd % Vector<D>::n == 0 && aligned_16(dst);
+}
+
+// dst[j] = v[j] as D for j < n (n <= G), where vector_rows holds for dst's tile: in 16-byte vector
+// stores for a whole group, element by element at a ragged edge.
+template <class D, int G>
+RJA_DEVICE void store_group(Ptr<D> dst, int n, const float (&v)[G]) {
+  constexpr int kPer = Vector<D>::n;
+  if constexpr (G % kPer == 0) {
+    if (n == G) {
+      RJA_UNROLL
+      for (int c = 0; c < G; c += kPer) {
+        Vector<D> q;
+        RJA_UNROLL
+        for (int j = 0; j < kPer; ++j) q.x[j] = from_float<D>(v[c + j]);
+        store_vector(dst + c, q);
+      }
+      return;
+    }
+  }
+  RJA_UNROLL
+  for (int j = 0; j < G; ++j) {
+    if (j < n) dst[j] = from_float<D>(v[j]);
+  }
+}
+
+// dst[r * ldd + c] = src[r * lds + c] for r < rows, c < cols, and 0 on to [rows_pad, cols_pad) (an
+// operand's padding), converted to D through float (exact from a 16-bit S, and from float to float).
+// Where dst's rows take 16-byte stores (vector_rows) the tile goes in groups of kGroup<S> columns, a
+// thread a group: a warp reads 512 contiguous bytes in 16-byte loads where src's rows are aligned and
+// stores them as vectors. Elsewhere (a row stride such as E + 1, kept for conflict-free column walks)
+// a thread an element, as the scalar stores of a group would meet in shared-memory banks (a warp's
+// threads 4 floats apart: 8 banks). The same thread stages the same element for the same
+// arguments. No barrier.
+template <class S, class D>
+RJA_DEVICE void stage_tile(Ptr<const S> src, std::int64_t lds, int rows, int cols, Ptr<D> dst, int ldd,
+                           int rows_pad, int cols_pad) {
+  constexpr int G = kGroup<S>;
+  if (!vector_rows<D, G>(dst, ldd)) {
+    RJA_BLOCK_LOOP(i, rows_pad * cols_pad) {
+      const int r = i / cols_pad, c = i % cols_pad;
+      dst[r * ldd + c] = from_float<D>(r < rows && c < cols ? to_float(src[r * lds + c]) : 0.f);
+    }
+    return;
+  }
+  const int groups = (cols_pad + G - 1) / G;
+  RJA_BLOCK_LOOP(i, rows_pad * groups) {
+    const int r = i / groups, c = i % groups * G;
+    float v[G];
+    load_group(src + r * lds + c, r < rows ? clamp_to(cols - c, G) : 0, v);
+    store_group(dst + r * ldd + c, clamp_to(cols_pad - c, G), v);
+  }
+}
+
 // Jt[l, e] = J[l, col0 + e] for l < L, e < cols (row stride ld), and 0 on to [Lp, Ep) (an mma
-// operand's padding; Lp = L, Ep = cols pad nothing). Exact in T = K or float: J is K.
+// operand's padding; Lp = L, Ep = cols pad nothing): the tile's columns of xa, then those of xv (a
+// tile may hold some of each). Exact in T = K or float: J is K. No barrier.
 template <class K, class T>
 RJA_DEVICE void stage_joint_tile(const Joint<K>& J, Ptr<T> Jt, int ld, int L, int col0, int cols, int Lp, int Ep) {
-  RJA_BLOCK_LOOP(i, Lp * Ep) {
-    const int l = i / Ep, e = i % Ep;
-    Jt[l * ld + e] = from_float<T>(l < L && e < cols ? J(l, col0 + e) : 0.f);
-  }
+  const int na = clamp_to(J.da - col0, cols);
+  stage_tile(J.a + col0, J.da, L, na, Jt, ld, Lp, na);
+  stage_tile(J.v + (col0 > J.da ? col0 - J.da : 0), J.dv, L, cols - na, Jt + na, ld, Lp, Ep - na);
 }
 
 // d tanh(x) / dx = 1 - tanh(x)^2 = 4 e / (1 + e)^2 with e = exp(-2 |x|): accurate to a few ulps
@@ -372,10 +451,7 @@ RJA_DEVICE void rows_times_transposed_f32(int M, int Mp, int N, int Np, int K, c
       const int l = i / kc, k = i % kc;
       As[l * lda + k] = l < M && k < ks ? a(l, k0 + k) : 0.f;
     }
-    RJA_BLOCK_LOOP(i, Np * kc) {
-      const int c = i / kc, k = i % kc;
-      Ws[c * ldws + k] = c < N && k < ks ? to_float(w[c * ldw + k0 + k]) : 0.f;
-    }
+    stage_tile(w + k0, ldw, N, ks, Ws, ldws, Np, kc);
     __syncthreads();
     mma_tiles_f32<wmma::row_major, wmma::col_major, kExactA, sizeof(W) == 2>(Mp, Np, kc, As, lda, Ws, ldws, Out, ldo,
                                                                             k0 > 0);

@@ -7,6 +7,8 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 #ifdef RJA_EMULATE
 
@@ -96,6 +98,52 @@ template <>
 RJA_DEVICE __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
 }
+
+// 16 bytes of T: the unit of a vectorised (128-bit) load or store, one instruction for a thread
+// where a scalar loop would issue 4 (float) or 8 (16-bit types).
+template <class T>
+struct alignas(16) Vector {
+  static constexpr int n = 16 / int(sizeof(T));
+  T x[n];
+};
+
+// Whether p may be accessed as a Vector: 16-byte aligned. load_vector and store_vector need it
+// (and the 16 bytes in bounds: the emulator checks both).
+#ifdef RJA_EMULATE
+template <class T>
+RJA_DEVICE bool aligned_16(Ptr<T> p) {
+  return ::emu::address_aligned_16(p);
+}
+template <class T>
+RJA_DEVICE Vector<std::remove_const_t<T>> load_vector(Ptr<T> p) {
+  Vector<std::remove_const_t<T>> v;
+  std::memcpy(v.x, ::emu::vector_address(p, "vector load"), 16);
+  return v;
+}
+template <class T>
+RJA_DEVICE void store_vector(Ptr<T> p, const Vector<T>& v) {
+  std::memcpy(::emu::vector_address(p, "vector store"), v.x, 16);
+}
+#else
+template <class T>
+RJA_DEVICE bool aligned_16(const T* p) {
+  return reinterpret_cast<std::uintptr_t>(p) % 16 == 0;
+}
+// Through uint4, which nvcc turns into one ld/st .v4 whatever T is.
+template <class T>
+RJA_DEVICE Vector<std::remove_const_t<T>> load_vector(const T* p) {
+  const uint4 bits = *reinterpret_cast<const uint4*>(p);
+  Vector<std::remove_const_t<T>> v;
+  memcpy(v.x, &bits, 16);
+  return v;
+}
+template <class T>
+RJA_DEVICE void store_vector(T* p, const Vector<T>& v) {
+  uint4 bits;
+  memcpy(&bits, v.x, 16);
+  *reinterpret_cast<uint4*>(p) = bits;
+}
+#endif
 
 }  // namespace rja
 

@@ -217,10 +217,7 @@ RJA_DEVICE void load_small_weights(const Modality<K>& m, const Tiles<K>& t, cons
 template <class K>
 RJA_DEVICE void load_wc_tile(const Modality<K>& m, const Tiles<K>& t, const Dims& s, int col0, int cols) {
   const int rows = t.extent(s.k, t.kp), n = t.extent(cols, s.E);
-  RJA_BLOCK_LOOP(i, rows * n) {
-    const int c = i / n, e = i % n;
-    t.Wct[c * t.ldW + e] = c < s.k && e < cols ? to_float(m.wc[c * s.d() + col0 + e]) : 0.f;
-  }
+  stage_tile(m.wc + col0, s.d(), s.k, cols, t.Wct, t.ldW, rows, n);
 }
 
 // The float J tile of the columns [col0, col0 + cols), zero on to [Lp, E) on the backward's
@@ -239,10 +236,7 @@ RJA_DEVICE void stage_column_tile(const Modality<K>& m, const Joint<K>& J, const
   const int L = s.L, k = s.k, E = s.E, d = s.d();
   if (t.mma) {
     stage_joint_tile(J, t.J16, t.ld16, L, col0, cols, t.Lp, E);
-    RJA_BLOCK_LOOP(i, t.kp * E) {
-      const int c = i / E, e = i % E;
-      t.Wc16[c * t.ld16 + e] = c < k && e < cols ? m.wc[c * d + col0 + e] : from_float<K>(0.f);
-    }
+    stage_tile(m.wc + col0, d, k, cols, t.Wc16, t.ld16, t.kp, E);
   } else {
     load_joint_tile(J, t, s, col0, cols);
     load_wc_tile(m, t, s, col0, cols);

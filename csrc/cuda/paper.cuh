@@ -225,7 +225,6 @@ RJA_DEVICE void projections(const Modality<K>& m, Ptr<float> P, Ptr<float> Q, co
 }
 
 // The rows of P (columns of Q) of modality m that block g of its sample computes: its share of d.
-RJA_DEVICE int clamp_to(int v, int n) { return v < 0 ? 0 : v > n ? n : v; }
 template <class K>
 RJA_DEVICE void group_projections(const Modality<K>& m, Ptr<float> P, Ptr<float> Q, const Dims& s, const Group& g) {
   projections(m, P, Q, s, clamp_to(g.first(s.d()) - m.off, m.dm), clamp_to(g.last(s.d()) - m.off, m.dm));
@@ -247,25 +246,14 @@ template <class K>
 RJA_DEVICE void stage_rows(const Modality<K>& m, Ptr<const float> P, Ptr<const float> Q, const Tiles<K>& t,
                            const Dims& s, int row0, int rows) {
   const int L = s.L, R = s.R, d = s.d(), base = m.off + row0;
+  const Ptr<const float> P_rows = P + base * L, Q_cols = Q + base;
   if (t.mma) {
-    RJA_BLOCK_LOOP(i, R * t.Lp) {
-      const int r = i / t.Lp, l = i % t.Lp;
-      t.P16[r * t.ldP16 + l] = from_float<K>(r < rows && l < L ? P[(base + r) * L + l] : 0.f);
-    }
-    RJA_BLOCK_LOOP(i, t.Lp * R) {
-      const int l = i / R, r = i % R;
-      t.Q16[l * t.ldQ16 + r] = from_float<K>(l < L && r < rows ? Q[l * d + base + r] : 0.f);
-    }
+    stage_tile(P_rows, L, rows, L, t.P16, t.ldP16, R, t.Lp);
+    stage_tile(Q_cols, d, L, rows, t.Q16, t.ldQ16, t.Lp, R);
   } else {  // on the backward's tensor-core path zero on to [R, Lp] and [Lp, R]
     const int Rp = t.mma_f32 ? R : rows;
-    RJA_BLOCK_LOOP(i, Rp * t.Lp) {
-      const int r = i / t.Lp, l = i % t.Lp;
-      t.Pt[r * t.ldP + l] = r < rows && l < L ? P[(base + r) * L + l] : 0.f;
-    }
-    RJA_BLOCK_LOOP(i, t.Lp * Rp) {
-      const int l = i / Rp, r = i % Rp;
-      t.Qt[l * t.ldQ + r] = l < L && r < rows ? Q[l * d + base + r] : 0.f;
-    }
+    stage_tile(P_rows, L, rows, L, t.Pt, t.ldP, Rp, t.Lp);
+    stage_tile(Q_cols, d, L, rows, t.Qt, t.ldQ, t.Lp, Rp);
   }
 }
 
@@ -346,14 +334,11 @@ RJA_DEVICE void add_update(const Modality<K>& m, const Tiles<K>& t, const Dims& 
       for (int c0 = 0; c0 < dm; c0 += nc) {
         const int n = tile_size(dm, c0, nc);
         if (c0 > 0) __syncthreads();  // the previous chunk's readers of W16 (W) and S are done
-        RJA_BLOCK_LOOP(i, E * nc) {   // zero past the tile's rows: H's padding times it must be 0
-          const int k = i / nc, c = i % nc;
-          const K w = k < cols && c < n ? wh[k * dm + c0 + c] : from_float<K>(0.f);
-          if (t.mma) {
-            t.W16[k * t.ld16 + c] = w;
-          } else {
-            t.W[k * t.ldQ + c] = to_float(w);
-          }
+        // zero past the tile's rows: H's padding times it must be 0
+        if (t.mma) {
+          stage_tile(wh + c0, dm, cols, n, t.W16, t.ld16, E, nc);
+        } else {
+          stage_tile(wh + c0, dm, cols, n, t.W, t.ldQ, E, nc);
         }
         __syncthreads();
         if (t.mma) {

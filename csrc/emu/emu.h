@@ -160,6 +160,31 @@ Ptr<T> slice(const Ptr<T>& p, std::int64_t off, std::int64_t n, const char* name
   return Ptr<T>(p.base() + p.offset() + off, n, name);
 }
 
+// 16-byte (128-bit) accesses so far: the kernels' vectorised loads and stores (compat.cuh,
+// load_vector, store_vector), counted per thread. Lets tests see which path a kernel took.
+inline std::uint64_t vector_access_count = 0;
+
+template <class T>
+bool address_aligned_16(const Ptr<T>& p) {
+  return reinterpret_cast<std::uintptr_t>(p.base() + p.offset()) % 16 == 0;
+}
+
+// The address of the 16 bytes at p for a vectorised access `op`, checked: in bounds, and 16-byte
+// aligned (a GPU faults on a misaligned one).
+template <class T>
+T* vector_address(const Ptr<T>& p, const char* op) {
+  static_assert(16 % sizeof(T) == 0, "a vector holds whole elements");
+  if (!address_aligned_16(p)) {
+    std::ostringstream s;
+    s << op << " of 16 bytes at " << p.name() << "[" << p.offset() << "] is not 16-byte aligned";
+    fail(s.str());
+  }
+  (void)p[0];
+  (void)p[std::ptrdiff_t(16 / sizeof(T)) - 1];
+  ++vector_access_count;
+  return p.base() + p.offset();
+}
+
 struct Fiber {
   enum class State { Running, AtBarrier, AtWarp, Spinning, Done };  // Spinning: yielded at volatile_load()
   ucontext_t context;  // must not move after getcontext: glibc points into it

@@ -98,6 +98,18 @@ __global__ void round_trip_kernel(Ptr<const float> in, Ptr<float> out, int n) {
   RJA_BLOCK_LOOP(i, n) out[i] = rja::to_float(rja::from_float<K>(in[i]));
 }
 
+// rja::stage_tile with one block: dst (+)= the staged tile of src (common.cuh).
+template <class S, class D>
+__global__ void stage_tile_kernel(Ptr<const S> src, int64_t lds, int rows, int cols, Ptr<D> dst, int ldd, int rows_pad,
+                                  int cols_pad) {
+  rja::stage_tile(src, lds, rows, cols, dst, ldd, rows_pad, cols_pad);
+}
+
+// out[0 .. 4) = in[at .. at + 4) by one vector load (16-byte aligned, in bounds, or the emulator fails).
+__global__ void vector_load_kernel(Ptr<const float> in, int at, Ptr<float> out) {
+  if (threadIdx.x == 0) rja::store_vector(out, rja::load_vector(in + at));
+}
+
 // --- kernels that test the emulated WMMA (wmma.h) ---
 
 namespace wmma = nvcuda::wmma;
@@ -328,6 +340,33 @@ at::Tensor wmma_misuse(const at::Tensor& a, int64_t mode, int64_t threads) {
   return out;
 }
 
+// Any element type's buffer, for the staging tests.
+template <class T>
+Ptr<T> view_any(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+  return rja::make_ptr(reinterpret_cast<T*>(t.data_ptr()), t.numel(), name);
+}
+
+// rja::stage_tile from src[src_at ...] into dst[dst_at ...], flat buffers of float32, float16 or
+// bfloat16, with `threads` threads.
+void stage_tile(const at::Tensor& src, int64_t src_at, int64_t lds, int64_t rows, int64_t cols, const at::Tensor& dst,
+                int64_t dst_at, int64_t ldd, int64_t rows_pad, int64_t cols_pad, int64_t threads) {
+  rja::dispatch_element(src.scalar_type(), [&](auto src_tag) {
+    rja::dispatch_element(dst.scalar_type(), [&](auto dst_tag) {
+      using S = decltype(src_tag);
+      using D = decltype(dst_tag);
+      rja::launch(stage_tile_kernel<S, D>, 1, int(threads), 0, view_any<const S>(src, "src") + src_at, lds, int(rows),
+                  int(cols), view_any<D>(dst, "dst") + dst_at, int(ldd), int(rows_pad), int(cols_pad));
+    });
+  });
+}
+
+at::Tensor vector_load(const at::Tensor& in, int64_t at) {
+  auto out = at::zeros({4});
+  rja::launch(vector_load_kernel, 1, 32, 0, view<const float>(in, "in"), int(at), view<float>(out, "out"));
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -355,5 +394,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mma_tiles_f32", &mma_tiles_f32);
   m.def("tf32_tile", &tf32_tile);
   m.def("float_to_tf32", &float_to_tf32, "the emulator's wmma::__float_to_tf32, element-wise");
+  m.def("stage_tile", &stage_tile);
+  m.def("vector_load", &vector_load);
+  m.def("vector_access_count", [] { return emu::vector_access_count; },
+        "16-byte loads and stores (per thread) so far");
   m.def("wmma_mma_count", [] { return nvcuda::wmma::emu_mma_count; }, "mma_sync calls (per lane) so far");
 }
