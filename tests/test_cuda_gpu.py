@@ -127,3 +127,29 @@ def test_float64_is_refused_with_the_reason(operator):
     inputs = make_inputs(operator, 1, 4, 8, 8, 1, k=4, dtype=torch.float64, device="cuda")
     with pytest.raises(BackendUnavailableError, match="float32, float16 and bfloat16"):
         call_operator(operator, inputs, 1, "cuda")
+
+
+def _one_element_in(t):
+    """t's values in a buffer that starts one element past the allocator's alignment."""
+    buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    return buf[1:].view(t.shape).copy_(t)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(("operator", "options"), [FORMS[1], FORMS[3]], ids=[FORM_IDS[1], FORM_IDS[3]])
+def test_unaligned_buffers_give_the_same_bits(operator, options, dtype):
+    # The kernels stage tiles in 16-byte loads where a buffer is aligned and element by element where
+    # it is not (csrc/cuda/common.cuh: stage_tile): a misaligned vector load would fault here.
+    inputs, iterations, grads_out = _case(operator, "paper", dtype)
+    kernel = get_backend(operator, "cuda")
+
+    def run(inp, grads):
+        weights = _weights(inp)
+        saved = kernel.forward(inp["xa"], inp["xv"], weights, iterations, **options)
+        return [*saved, *kernel.backward(*grads, saved[2], saved[3], weights, **options)]
+
+    aligned = run(inputs, grads_out)
+    unaligned = run({n: _one_element_in(t) for n, t in inputs.items()}, [_one_element_in(g) for g in grads_out])
+    assert inputs["xa"].data_ptr() % 16 == 0 and _one_element_in(inputs["xa"]).data_ptr() % 16 != 0
+    for a, u in zip(aligned, unaligned, strict=True):
+        assert torch.equal(a, u)
