@@ -13,7 +13,8 @@ an iterate moves a relu kink.
 The emulated launch shape (`cuda.EMULATED_CONFIG`: 64 threads, tiles of 16 rows and 48 features)
 is smaller than the sizes below, so every tiled loop takes several tiles and a ragged last one. Its
 tiles are multiples of 16, so float16 and bfloat16 run both forms' forwards on (emulated) tensor
-cores, as on the GPU; other launch shapes run them on CUDA cores.
+cores, and every dtype their backwards (3xTF32), as on the GPU; other launch shapes run them on CUDA
+cores.
 """
 
 import pytest
@@ -150,39 +151,41 @@ def _mma_calls(run):
 
 def _mma_f32(m, n, k, exact_operand):
     """mma_sync calls per lane of mma_tiles_f32 on an [m, n] product over k: 3 per m16n16k8 step, 2
-    where an operand holds 16-bit values."""
+    where an operand is exact in tf32 (holds 16-bit values)."""
     return m // 16 * (n // 16) * (k // 8) * (2 if exact_operand else 3)
 
 
-def _paper_backward_mma_calls(seq, da, dv, iterations, rows, cols, out_relu):
+def _paper_backward_mma_calls(seq, da, dv, iterations, rows, cols, out_relu, sixteen_bit):
     """mma_sync calls (summed over the lanes) of the paper backward's 3xTF32 path at tiles of `rows`
     rows and `cols` features (paper.cuh's backward_column_tile): per column tile and modality the
     first pass's C and G += Q C per row tile, gG = gU w_h^T in chunks of `rows`, and per row tile
     Q^T gG, gG C^T, gS J^T, gJ += P^T gS (and C again where there are several row tiles); with
     out_relu also the recomputed U: the first pass again and H w_h in chunks of `rows` columns; per
-    modality dx's two products with the weights."""
+    modality dx's two products with the weights. Operands holding the inputs' values (J, w_h, w_c, w_j)
+    are exact in tf32 for 16-bit inputs only."""
     lp, ceil = -(-seq // 16) * 16, lambda a, b: -(-a // b)
-    correlation, g = _mma_f32(rows, cols, lp, True), _mma_f32(lp, cols, rows, False)
-    gradients = (_mma_f32(rows, cols, lp, False) + _mma_f32(lp, rows, cols, False) + _mma_f32(rows, lp, cols, True)
+    x = sixteen_bit
+    correlation, g = _mma_f32(rows, cols, lp, x), _mma_f32(lp, cols, rows, False)
+    gradients = (_mma_f32(rows, cols, lp, False) + _mma_f32(lp, rows, cols, False) + _mma_f32(rows, lp, cols, x)
                  + _mma_f32(lp, cols, rows, False))
     per_tile = dx = 0
     for dm in (da, dv):
         row_tiles = ceil(dm, rows)
         first_pass = row_tiles * (correlation + g)
-        per_tile += first_pass + row_tiles * _mma_f32(lp, cols, rows, True) + row_tiles * gradients
+        per_tile += first_pass + row_tiles * _mma_f32(lp, cols, rows, x) + row_tiles * gradients
         per_tile += row_tiles * correlation if row_tiles > 1 else 0
-        per_tile += first_pass + row_tiles * _mma_f32(lp, rows, cols, True) if out_relu else 0
+        per_tile += first_pass + row_tiles * _mma_f32(lp, rows, cols, x) if out_relu else 0
         # dx += dQ w_c^T + w_j dP^T in chunks of `cols` columns, each over chunks of `rows` of k
-        dx += ceil(dm, cols) * (row_tiles + ceil(seq, rows)) * _mma_f32(lp, cols, rows, True)
+        dx += ceil(dm, cols) * (row_tiles + ceil(seq, rows)) * _mma_f32(lp, cols, rows, x)
     return 32 * iterations * (ceil(da + dv, cols) * per_tile + dx)
 
 
 @pytest.mark.parametrize("options", [{}, {"out_relu": True}], ids=_switch_id)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_paper_tensor_cores_take_16_bit_inputs(dtype, options):
-    # float16/bfloat16 at tiles of multiples of 16 run the forward on 16-bit tensor cores and the
-    # backward on them by 3xTF32, with the expected count of products; float32 and tiles that are no
-    # multiples of 16 stay on CUDA cores (and meet the rule).
+def test_paper_tensor_cores_take_16_bit_forwards_and_all_backwards(dtype, options):
+    # float16/bfloat16 at tiles of multiples of 16 run the forward on 16-bit tensor cores, and every
+    # dtype the backward by 3xTF32, with the expected count of products; the float32 forward and tiles
+    # that are no multiples of 16 stay on CUDA cores (and meet the rule).
     inp = make_inputs(PAPER, 1, 6, 13, 29, 2, dtype=dtype)
     weights = tuple(t for n, t in inp.items() if n.startswith("w_"))
     saved = []
@@ -190,8 +193,9 @@ def test_paper_tensor_cores_take_16_bit_inputs(dtype, options):
     assert (forward > 0) == (dtype != torch.float32)
     backward = _mma_calls(lambda: cuda.paper_backward(saved[0], saved[1], saved[2], saved[3], weights, **options))
     config = cuda.EMULATED_CONFIG
-    expected = _paper_backward_mma_calls(6, 13, 29, 2, config["rows"], config["cols"], "out_relu" in options)
-    assert backward == (0 if dtype == torch.float32 else expected)
+    expected = _paper_backward_mma_calls(6, 13, 29, 2, config["rows"], config["cols"], "out_relu" in options,
+                                         dtype != torch.float32)
+    assert backward == expected
     ragged = {"threads": 40, "rows": 7, "cols": 5}
     assert _mma_calls(lambda: check(PAPER, 1, 6, 13, 29, 2, 1, dtype, options=options, config=ragged)) == 0
 
@@ -368,31 +372,32 @@ def test_jca_tensor_core_launch_shapes(dtype, config):
     check(JCA, 2, 20, 13, 29, 2, 2, dtype, k=20, config=config)
 
 
-def _jca_backward_mma_calls(B, L, da, dv, k, T, R, E):
+def _jca_backward_mma_calls(B, L, da, dv, k, T, R, E, sixteen_bit):
     """mma_sync calls (per lane: 32 a warp's) of the JCA backward's 3xTF32 contractions: per row tile,
     column tile and iteration of a sample, as mma_tiles_f32 counts them ((M / 16) (N / 16) (Kd / 8)
-    steps of 3 products, 2 where one operand is 16-bit: J, w_c), at L and k padded to 16."""
+    steps of 3 products, 2 where one operand holds 16-bit inputs: J, w_c), at L and k padded to 16."""
     Lp, kp = -(-L // 16) * 16, -(-k // 16) * 16
+    x = 2 if sixteen_bit else 3
 
     def mma(M, N, Kd, products):
         return M // 16 * (N // 16) * (Kd // 8) * products
 
-    per_tile = (2 * mma(R, E, Lp, 2)  # P J, in phase A and again in phase B
-                + mma(R, kp, E, 2)  # Z += C w_c^T
-                + mma(R, E, kp, 2)  # gZ w_c
+    per_tile = (2 * mma(R, E, Lp, x)  # P J, in phase A and again in phase B
+                + mma(R, kp, E, x)  # Z += C w_c^T
+                + mma(R, E, kp, x)  # gZ w_c
                 + mma(kp, E, R, 3)  # grad w_c += gZ^T C
                 + mma(Lp, E, R, 3)  # gJ += P^T gS
-                + mma(R, Lp, E, 2))  # gS J^T
+                + mma(R, Lp, E, x))  # gS J^T
     row_tiles, column_tiles = -(-da // R) + -(-dv // R), -(-(da + dv) // E)
     return 32 * per_tile * row_tiles * column_tiles * T * B
 
 
 @pytest.mark.parametrize("split", SPLITS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_jca_tensor_cores_take_the_16_bit_forward_and_backward(dtype, split, emulated_device):
+def test_jca_tensor_cores_take_16_bit_forwards_and_all_backwards(dtype, split, emulated_device):
     # The forward of float16/bfloat16 at tiles of multiples of 16 runs on tensor cores (16-bit
-    # operands), and so do the backward's large contractions (3xTF32), with any split, every row
-    # tile's once; float32 and other tiles stay on CUDA cores.
+    # operands), and the backward's large contractions of every dtype (3xTF32), with any split,
+    # every row tile's once; the float32 forward and other tiles stay on CUDA cores.
     emulated_device(8, 2)  # room for 3 samples x 3 blocks
     inp = make_inputs(JCA, 3, 6, 13, 29, 2, k=12, dtype=dtype)
     weights = tuple(t for n, t in inp.items() if n.startswith("w_"))
@@ -402,7 +407,7 @@ def test_jca_tensor_cores_take_the_16_bit_forward_and_backward(dtype, split, emu
         assert (forward > 0) == (dtype != torch.float32)
         backward = _mma_calls(lambda: cuda.jca_backward(saved[0], saved[1], saved[2], saved[3], weights))
     rows, cols = cuda.EMULATED_CONFIG["rows"], cuda.EMULATED_CONFIG["cols"]
-    assert backward == (0 if dtype == torch.float32 else _jca_backward_mma_calls(3, 6, 13, 29, 12, 2, rows, cols))
+    assert backward == _jca_backward_mma_calls(3, 6, 13, 29, 12, 2, rows, cols, dtype != torch.float32)
     ragged = {"threads": 40, "rows": 7, "cols": 5, "split": split}
     assert _mma_calls(lambda: check(JCA, 3, 6, 13, 29, 2, 1, dtype, k=12, config=ragged)) == 0
 
@@ -419,8 +424,10 @@ KERNELS = {
 @pytest.mark.parametrize("operator", [PAPER, JCA], ids=["paper", "jca"])
 def test_16_bit_backward_is_the_float32_kernels_rounded(operator, dtype, config):
     # The 16-bit backward's 3xTF32 products are about float32's: on the same values its gradients
-    # are the float32 kernel's (CUDA cores) rounded to the dtype, but where the two float32 results
-    # straddle a rounding boundary (measured: at most 0.4% of the elements, by 0.2 eps max|grad|).
+    # are the float32 kernel's rounded to the dtype, but where the two float32 results straddle a
+    # rounding boundary (measured: at most 0.4% of the elements, by 0.2 eps max|grad|). The float32
+    # kernel runs on CUDA cores here (tiles of 15 rows and 47 features), an oracle that shares no
+    # exactness flag with the 16-bit one.
     # This sees what the accuracy rule cannot: an operand wrongly taken as exact in tf32 (rounded
     # to 11 bits, one product short): the JCA form's P in P J moves 33% of the elements in float16,
     # 8% in bfloat16; the paper form's Q in G += Q C 17% and 24% (13.7 eps max|grad| in bfloat16).
@@ -432,6 +439,7 @@ def test_16_bit_backward_is_the_float32_kernels_rounded(operator, dtype, config)
     with cuda.emulated_config(**config):
         saved = forward(inp["xa"], inp["xv"], weights, 2)
         low = backward(*grads_out, *saved[2:], weights)
+    with cuda.emulated_config(rows=15, cols=47):
         f32 = backward(*(t.float() for t in (*grads_out, *saved[2:])), tuple(w.float() for w in weights))
     differ = 0
     for name, got, ref in zip((f"grad {n}" for n in inp), low, f32):

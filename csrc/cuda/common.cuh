@@ -20,7 +20,7 @@ struct Dims {
   int R, E;  // tile sizes: rows of x^T (rows of C) and joint features (columns of C) per tile
   float scale;  // 1 / sqrt(d)
   bool h_tanh, out_relu;  // the paper form's switches (SPEC section 1)
-  bool mma;               // 16-bit inputs on tensor cores, both forms and passes (paper.cuh, jca.cuh; host.h decides)
+  bool mma;               // tensor cores: 16-bit forwards, all backwards (paper.cuh, jca.cuh; host.h decides)
   int split = 1;          // thread blocks per sample, both forms (paper.cuh, jca.cuh; host.h decides)
   RJA_HOST_DEVICE int d() const { return da + dv; }
   RJA_HOST_DEVICE int weight_set(int it) const { return Tw == 1 ? 0 : it; }
@@ -235,11 +235,22 @@ RJA_DEVICE void correlation_tile(Ptr<const float> P, Ptr<const float> Jt, int ld
   }
 }
 
-// Whether kernels of element type K take the tensor-core path: 16-bit types, where WMMA exists.
-// float32 stays on CUDA cores (tf32 operands would break its accuracy rule).
+// Whether the forwards of element type K take the tensor-core path with K operands: 16-bit types,
+// where WMMA exists. float32 forwards stay on CUDA cores (tf32 operands would break its accuracy rule).
 template <class K>
 RJA_DEVICE constexpr bool tensor_cores() {
   return RJA_WMMA && sizeof(K) == 2;
+}
+
+// Whether the backwards run their products on float32 tiles by 3xTF32 (mma_tiles_f32, about float32
+// accuracy), for every element type: where WMMA exists (tf32 from sm_80).
+RJA_DEVICE constexpr bool tf32_tensor_cores() { return RJA_WMMA; }
+
+// Whether the values of element type K are exact in tf32 (float16's 11 significant bits, bfloat16's
+// 8): such an operand of mma_tiles_f32 needs no low part, a product fewer.
+template <class K>
+RJA_DEVICE constexpr bool exact_in_tf32() {
+  return sizeof(K) == 2;
 }
 
 #if RJA_WMMA
@@ -348,8 +359,8 @@ RJA_DEVICE void correlation_tile_mma(int R, int E, int Lp, Ptr<const K> P16, int
 }
 
 // correlation_tile on tensor cores at about float32 accuracy: C[r, e] = tanh(scale * S[r, e]) for
-// r < R, e < E, with the product S = P J ([R, Lp] [Lp, E], float; J holds 16-bit values, the exact
-// operand of mma_tiles_f32) in the float buffer S, which may be C itself (lds = ldc: each element
+// r < R, e < E, with the product S = P J ([R, Lp] [Lp, E], float; J holds K values, an exact
+// operand of mma_tiles_f32 for 16-bit K) in the float buffer S, which may be C itself (lds = ldc: each element
 // is read and written by its one thread). P and J zero past their staged rows and columns make C
 // 0 there. With kDerivative also D[r, e] = tanh'(.) (C's row stride) for r < rows, e < cols, and 0
 // past them: tanh'(0) = 1 would not keep a product with D's padding at 0. Barrier inside; C (and D)
@@ -359,7 +370,7 @@ RJA_DEVICE void correlation_tile_f32(int R, int E, int Lp, Ptr<const float> P, i
                                      Ptr<float> S, int lds, Ptr<float> C, int ldc, int rows, int cols, float scale,
                                      Ptr<float> D = Ptr<float>()) {
   namespace wmma = nvcuda::wmma;
-  mma_tiles_f32<wmma::row_major, wmma::row_major, false, true>(R, E, Lp, P, ldp, J, ldj, S, lds, false);
+  mma_tiles_f32<wmma::row_major, wmma::row_major, false, exact_in_tf32<K>()>(R, E, Lp, P, ldp, J, ldj, S, lds, false);
   __syncthreads();
   RJA_BLOCK_LOOP(i, R * E) {
     const int r = i / E, e = i % E;
@@ -453,7 +464,7 @@ RJA_DEVICE void rows_times_transposed_f32(int M, int Mp, int N, int Np, int K, c
     }
     stage_tile(w + k0, ldw, N, ks, Ws, ldws, Np, kc);
     __syncthreads();
-    mma_tiles_f32<wmma::row_major, wmma::col_major, kExactA, sizeof(W) == 2>(Mp, Np, kc, As, lda, Ws, ldws, Out, ldo,
+    mma_tiles_f32<wmma::row_major, wmma::col_major, kExactA, exact_in_tf32<W>()>(Mp, Np, kc, As, lda, Ws, ldws, Out, ldo,
                                                                             k0 > 0);
   }
   __syncthreads();

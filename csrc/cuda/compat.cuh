@@ -69,8 +69,9 @@ inline T* make_ptr(T* p, std::int64_t /*n*/, const char* /*name*/) {
 
 #endif
 
-// WMMA with bfloat16 operands needs sm_80 (setup.py builds for 8.0 and 9.0). A device pass for an
-// older architecture compiles the CUDA-core path for every element type instead (tensor_cores()).
+// WMMA with bfloat16 and tf32 operands needs sm_80 (setup.py builds for 8.0 and 9.0). A device pass
+// for an older architecture compiles the CUDA-core path for every element type instead
+// (tensor_cores(), tf32_tensor_cores()).
 #if defined(RJA_EMULATE) || !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
 #define RJA_WMMA 1
 #else

@@ -23,8 +23,9 @@
 // products, not three): with 16-bit operands the relu mask of a Z from them would enter the
 // gradients (as in paper.cuh), and 16-bit gradient tiles break the accuracy rule. Unmeasured on a
 // GPU. The small products (P, x^T w_u^T, the output's relu(Z) w_h^T and the backward's other terms:
-// O(L) or O(k) per element of x against the big ones' O(d)) stay float32 on CUDA cores, and so
-// does everything for float32 inputs, whose rule tf32 would break.
+// O(L) or O(k) per element of x against the big ones' O(d)) stay float32 on CUDA cores. The float32
+// backward takes the same 3xTF32 path (three products each, within float32's accuracy rule); the
+// float32 forward stays on CUDA cores (its K operands would have to be tf32, which breaks the rule).
 //
 // Forward and backward give each sample S blocks (Dims::split, chosen by host.h to fill the GPU:
 // S = 1 is an ordinary launch, S > 1 a cooperative one with a barrier across the S blocks through
@@ -136,7 +137,7 @@ struct Tiles {
     wh = f32(at.wh, "smem.wh");
     Z = f32(at.Z, "smem.Z");
     mma = tensor_cores<K>() && s.mma && !backward;
-    mma_f32 = tensor_cores<K>() && s.mma && backward;
+    mma_f32 = tf32_tensor_cores() && s.mma && backward;
     if (!mma) {
       P = f32(at.P, "smem.P");
       Jt = f32(at.Jt, "smem.Jt");
@@ -253,6 +254,8 @@ RJA_DEVICE void tanh_tile(const Tiles<K>& t, const Dims& s, int rows, int cols) 
       correlation_tile_mma<K>(s.R, s.E, t.Lp, t.P16, t.ldP16, t.J16, t.ld16, t.S, t.ldS, t.C16, t.ld16, s.scale);
       return;
     }
+  }
+  if constexpr (tf32_tensor_cores()) {
     if (t.mma_f32) {
       correlation_tile_f32<K, kDerivative>(s.R, s.E, t.Lp, t.P, t.ldP, t.Jt, t.ldE, t.S, t.ldS, t.C, t.ldE, rows,
                                            cols, s.scale, t.gS);
@@ -305,9 +308,11 @@ RJA_DEVICE void attention_rows(const Modality<K>& m, const Joint<K>& J, const Ti
         mma_tiles<K, nvcuda::wmma::col_major>(R, t.kp, s.E, t.C16, t.ld16, t.Wc16, t.ld16, t.Z, t.ldZ, true);
         continue;
       }
+    }
+    if constexpr (tf32_tensor_cores()) {
       if (t.mma_f32) {
-        mma_tiles_f32<nvcuda::wmma::row_major, nvcuda::wmma::col_major, false, true>(R, t.kp, s.E, t.C, t.ldE, t.Wct,
-                                                                                    t.ldW, t.Z, t.ldZ, true);
+        mma_tiles_f32<nvcuda::wmma::row_major, nvcuda::wmma::col_major, false, exact_in_tf32<K>()>(
+            R, t.kp, s.E, t.C, t.ldE, t.Wct, t.ldW, t.Z, t.ldZ, true);
         continue;
       }
     }
@@ -463,10 +468,10 @@ RJA_DEVICE void backward_rows(const Modality<K>& m, const Joint<K>& J, const Bac
 // backward's tensor-core path all [R, E] (zero past the rows and columns), with a barrier inside.
 template <class K>
 RJA_DEVICE void pre_tanh_gradient(const Tiles<K>& t, const Dims& s, int rows, int cols) {
-  if constexpr (tensor_cores<K>()) {
+  if constexpr (tf32_tensor_cores()) {
     if (t.mma_f32) {
-      mma_tiles_f32<nvcuda::wmma::row_major, nvcuda::wmma::row_major, false, true>(s.R, s.E, t.kp, t.gZ, t.ldZ, t.Wct,
-                                                                                  t.ldW, t.S, t.ldS, false);
+      mma_tiles_f32<nvcuda::wmma::row_major, nvcuda::wmma::row_major, false, exact_in_tf32<K>()>(
+          s.R, s.E, t.kp, t.gZ, t.ldZ, t.Wct, t.ldW, t.S, t.ldS, false);
       __syncthreads();
       RJA_BLOCK_LOOP(i, s.R * s.E) {
         const int r = i / s.E, e = i % s.E;
@@ -490,13 +495,13 @@ template <class K>
 RJA_DEVICE void column_tile_products(const BackwardState& st, const Tiles<K>& t, const Dims& s, int base, int rows,
                                      int cols) {
   const int L = s.L, k = s.k;
-  if constexpr (tensor_cores<K>()) {
+  if constexpr (tf32_tensor_cores()) {
     if (t.mma_f32) {
       namespace wmma = nvcuda::wmma;
       mma_tiles_f32<wmma::col_major, wmma::row_major>(t.kp, s.E, s.R, t.gZ, t.ldZ, t.C, t.ldE, t.gWc, t.ldE, true);
       mma_tiles_f32<wmma::col_major, wmma::row_major>(t.Lp, s.E, s.R, t.P, t.ldP, t.gS, t.ldE, t.gJ, t.ldE, true);
-      mma_tiles_f32<wmma::row_major, wmma::col_major, false, true>(s.R, t.Lp, s.E, t.gS, t.ldE, t.Jt, t.ldE, t.S,
-                                                                    t.ldS, false);
+      mma_tiles_f32<wmma::row_major, wmma::col_major, false, exact_in_tf32<K>()>(s.R, t.Lp, s.E, t.gS, t.ldE, t.Jt,
+                                                                                 t.ldE, t.S, t.ldS, false);
       __syncthreads();
       RJA_BLOCK_LOOP(i, rows * L) {
         const int r = i / L, l = i % L;

@@ -41,7 +41,9 @@
 // P^T gS) on float32 tiles by 3xTF32 (mma_tiles_f32: about float32 accuracy; J and w_h hold 16-bit
 // values, exact in tf32, which saves a product), unmeasured on a GPU, and so does dx += dQ w_c^T +
 // w_j dP^T (L dm^2: a tenth of the work at the paper size, which CUDA cores would make the larger
-// part of the time). float32 inputs stay on CUDA cores throughout.
+// part of the time). The float32 backward takes the same path (tiles of multiples of 16, sm_80+),
+// three products each, within float32's accuracy rule (tests/test_cuda_emulated.py); the float32
+// forward stays on CUDA cores.
 #pragma once
 
 #include "common.cuh"
@@ -141,7 +143,7 @@ struct Tiles {
     };
     const auto k_slice = [&](SmemLayout::Span span, const char* name) { return smem_buffer<K>(smem, span, name); };
     mma = tensor_cores<K>() && s.mma && !backward;
-    mma_f32 = tensor_cores<K>() && s.mma && backward;
+    mma_f32 = tf32_tensor_cores() && s.mma && backward;
     G = f32_slice(at.G, "smem.G");
     if (!mma) {
       Jt = f32_slice(at.Jt, "smem.Jt");
@@ -269,6 +271,8 @@ RJA_DEVICE void correlation(const Tiles<K>& t, const Dims& s, int rows, int cols
       correlation_tile_mma<K>(R, E, t.Lp, t.P16, t.ldP16, t.J16, t.ld16, t.S, t.ldS, t.C16, t.ld16, s.scale);
       return;
     }
+  }
+  if constexpr (tf32_tensor_cores()) {
     if (t.mma_f32) {
       correlation_tile_f32<K, kDerivative>(R, E, t.Lp, t.Pt, t.ldP, t.Jt, t.ldE, t.C, t.ldE, t.C, t.ldE, rows, cols,
                                            s.scale, t.gS);
@@ -304,6 +308,8 @@ RJA_DEVICE void attention_tile(const Modality<K>& m, Ptr<const float> P, Ptr<con
         mma_tiles<K>(t.Lp, E, R, t.Q16, t.ldQ16, t.C16, t.ld16, t.G, t.ldG, true);
         continue;
       }
+    }
+    if constexpr (tf32_tensor_cores()) {
       if (t.mma_f32) {
         mma_tiles_f32<nvcuda::wmma::row_major, nvcuda::wmma::row_major>(t.Lp, E, R, t.Qt, t.ldQ, t.C, t.ldE, t.G,
                                                                         t.ldG, true);
@@ -328,7 +334,7 @@ template <class K>
 RJA_DEVICE void add_update(const Modality<K>& m, const Tiles<K>& t, const Dims& s, Ptr<float> U, int col0, int cols) {
   const int L = s.L, E = s.E, d = s.d(), dm = m.dm, off = m.off;
   const Ptr<const K> wh = slice(m.wh, std::int64_t(col0) * dm, std::int64_t(cols) * dm, "w_h[tile]");
-  if constexpr (tensor_cores<K>()) {
+  if constexpr (tf32_tensor_cores()) {  // the mma path only for 16-bit K (Tiles)
     if (t.mma || t.mma_f32) {
       const int nc = t.mma ? E : s.R, lds = t.mma ? t.ldS : t.ldQ;  // W16 [E, ld16], W [E, ldQ]
       for (int c0 = 0; c0 < dm; c0 += nc) {
@@ -341,11 +347,11 @@ RJA_DEVICE void add_update(const Modality<K>& m, const Tiles<K>& t, const Dims& 
           stage_tile(wh + c0, dm, cols, n, t.W, t.ldQ, E, nc);
         }
         __syncthreads();
-        if (t.mma) {
+        if (!t.mma) {
+          mma_tiles_f32<nvcuda::wmma::row_major, nvcuda::wmma::row_major, false, exact_in_tf32<K>()>(
+              t.Lp, nc, E, t.G, t.ldG, t.W, t.ldQ, t.S, lds, false);
+        } else if constexpr (tensor_cores<K>()) {
           mma_tiles<K>(t.Lp, nc, E, t.H16, t.ld16, t.W16, t.ld16, t.S, lds, false);
-        } else {
-          mma_tiles_f32<nvcuda::wmma::row_major, nvcuda::wmma::row_major, false, true>(t.Lp, nc, E, t.G, t.ldG, t.W,
-                                                                                       t.ldQ, t.S, lds, false);
         }
         __syncthreads();
         RJA_BLOCK_LOOP(i, L * n) {
@@ -504,7 +510,7 @@ RJA_DEVICE void backward_column_tile(const Modality<K>& m, Ptr<const float> P, P
   const auto gU_m = [&](int l, int c) { return gU[l * d + off + c]; };
   const Ptr<const K> wh = slice(m.wh, std::int64_t(col0) * dm, std::int64_t(cols) * dm, "w_h[tile]");
   if (t.mma_f32) {
-    if constexpr (tensor_cores<K>()) {
+    if constexpr (tf32_tensor_cores()) {
       rows_times_transposed_f32<false>(L, t.Lp, cols, E, dm, gU_m, wh, dm, t.S, t.ldQ, t.W, t.ldQ, R, t.gG, t.ldG);
     }
   } else {
@@ -523,7 +529,7 @@ RJA_DEVICE void backward_column_tile(const Modality<K>& m, Ptr<const float> P, P
       correlation<K, true>(t, s, rows, cols);
     }
     __syncthreads();  // C, tanh' (in gS) and gG are complete
-    if constexpr (tensor_cores<K>()) {
+    if constexpr (tf32_tensor_cores()) {
       if (t.mma_f32) {  // S = Q^T gG, Sq = gG C^T
         namespace wmma = nvcuda::wmma;
         mma_tiles_f32<wmma::col_major, wmma::row_major>(R, E, t.Lp, t.Qt, t.ldQ, t.gG, t.ldG, t.S, t.ldE, false);
@@ -552,11 +558,11 @@ RJA_DEVICE void backward_column_tile(const Modality<K>& m, Ptr<const float> P, P
       gQ[l * d + base + r] += acc;
     }
     __syncthreads();
-    if constexpr (tensor_cores<K>()) {
+    if constexpr (tf32_tensor_cores()) {
       if (t.mma_f32) {  // S = gS J^T, gJ += P^T gS
         namespace wmma = nvcuda::wmma;
-        mma_tiles_f32<wmma::row_major, wmma::col_major, false, true>(R, t.Lp, E, t.gS, t.ldE, t.Jt, t.ldE, t.S, t.ldP,
-                                                                     false);
+        mma_tiles_f32<wmma::row_major, wmma::col_major, false, exact_in_tf32<K>()>(R, t.Lp, E, t.gS, t.ldE, t.Jt, t.ldE,
+                                                                                   t.S, t.ldP, false);
         mma_tiles_f32<wmma::col_major, wmma::row_major>(t.Lp, E, R, t.Pt, t.ldP, t.gS, t.ldE, t.gJ, t.ldG, true);
         __syncthreads();
       }
@@ -680,7 +686,7 @@ __global__ void backward_kernel(BackwardArgs<K> a) {
       const Ptr<const K> wc = m.wc + std::int64_t(c0) * dm;
       const Ptr<const float> gP_m = slice(gP, std::int64_t(off) * L, std::int64_t(dm) * L, "gP[m]") + c0 * L;
       if (t.mma_f32) {
-        if constexpr (tensor_cores<K>()) {  // in chunks of E columns, each product through gG (free here)
+        if constexpr (tf32_tensor_cores()) {  // in chunks of E columns, each product through gG (free here)
           for (int c1 = 0; c1 < n; c1 += E) {
             const int nc = tile_size(n, c1, E);
             const auto add_product_to_g = [&] {
@@ -692,8 +698,8 @@ __global__ void backward_kernel(BackwardArgs<K> a) {
             rows_times_transposed_f32<false>(L, t.Lp, nc, E, dm, gQ_m, wc + c1 * dm, dm, t.S, t.ldQ, t.W, t.ldQ, s.R,
                                              t.gG, t.ldG);
             add_product_to_g();
-            rows_times_transposed_f32<true>(L, t.Lp, nc, E, L, wj, gP_m + c1 * L, L, t.S, t.ldQ, t.W, t.ldQ, s.R,
-                                            t.gG, t.ldG);  // w_j holds 16-bit values
+            rows_times_transposed_f32<exact_in_tf32<K>()>(L, t.Lp, nc, E, L, wj, gP_m + c1 * L, L, t.S, t.ldQ, t.W,
+                                                          t.ldQ, s.R, t.gG, t.ldG);  // w_j holds K values
             add_product_to_g();
           }
         }
