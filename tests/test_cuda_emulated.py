@@ -457,6 +457,20 @@ def test_jca_shared_memory_limit_is_reported():
         call_operator(JCA, inp, 1, "cuda")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(("operator", "seq", "k"), [(PAPER, 200, None), (JCA, 100, 100)], ids=["paper", "jca"])
+def test_backward_runs_on_cuda_cores_where_its_tensor_core_tiles_do_not_fit(operator, seq, k, dtype):
+    # At these L (and k) the backward's tensor-core layout, padded to multiples of 16 at strides of
+    # width + 4, exceeds the 227 KiB a block may have, and the CUDA-core layout fits: the backward
+    # takes the CUDA cores (no mma) and meets the rule, where it used to refuse the size.
+    inp = make_inputs(operator, 1, seq, 4, 4, 1, k=k, dtype=dtype)
+    weights = tuple(t for n, t in inp.items() if n.startswith("w_"))
+    forward, backward, _ = KERNELS[operator]
+    saved = forward(inp["xa"], inp["xv"], weights, 1)
+    assert _mma_calls(lambda: backward(saved[0], saved[1], saved[2], saved[3], weights)) == 0
+    check(operator, 1, seq, 4, 4, 1, 1, dtype, k=k)
+
+
 # The JCA form's split deals the row tiles of both modalities (the unit of its work) to the blocks
 # in turn. da = 24, dv = 40 in tiles of 16 rows: 2 + 3; of 7 rows (and 5-feature column tiles): 4 +
 # 6, here with the weights shared by the iterations; of 64 rows: 1 + 1, so at S = 2 each block has

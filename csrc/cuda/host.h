@@ -215,9 +215,13 @@ inline void check_features(const at::Tensor& like, std::initializer_list<const a
 // The tensor-core paths of both forms (paper.cuh, jca.cuh) take tiles of multiples of 16 on a
 // device with bfloat16 and tf32 WMMA (sm_80+): the forwards' 16-bit products (m16n16k16) for 16-bit
 // elements, float32 forwards staying on CUDA cores, and the backwards' 3xTF32 products (m16n16k8)
-// for every element type. Other tiles run on CUDA cores.
+// for every element type. Other tiles run on CUDA cores, and so does a pass whose tensor-core
+// layout (Layout: the form's SmemLayout, padded to multiples of 16) would not fit the device's
+// shared memory where the CUDA-core one, which pads less, may.
+template <class Layout>
 inline Dims with_tensor_cores(Dims s, at::ScalarType dtype, bool backward) {
   s.mma = (backward || dtype != at::kFloat) && s.R % 16 == 0 && s.E % 16 == 0 && device_has_wmma();
+  if (s.mma && std::size_t(Layout(s, backward).total) * sizeof(float) > max_shared_bytes()) s.mma = false;
   return s;
 }
 
@@ -231,8 +235,8 @@ inline std::vector<at::Tensor> forward(const at::Tensor& xa, const at::Tensor& x
   check_features(xa, {&xa, &xv}, 3);
   check_weights(xa, w, 8);
   const int64_t B = xa.size(0), L = xa.size(1), da = xa.size(2), dv = xv.size(2);
-  Dims s = with_tensor_cores(dims_of(B, L, da, dv, w[2].size(1), iterations, w[2].size(0), cfg), xa.scalar_type(),
-                             false);
+  Dims s = with_tensor_cores<SmemLayout>(dims_of(B, L, da, dv, w[2].size(1), iterations, w[2].size(0), cfg),
+                                         xa.scalar_type(), false);
   auto xa_iters = at::empty({iterations, B, L, da}, xa.options());
   auto xv_iters = at::empty({iterations, B, L, dv}, xv.options());
   auto xa_out = at::empty_like(xa), xv_out = at::empty_like(xv);
@@ -271,7 +275,8 @@ inline std::vector<at::Tensor> backward(const at::Tensor& grad_xa, const at::Ten
   check_weights(xa_iters, w, 8);
   const int64_t T = xa_iters.size(0), B = xa_iters.size(1), L = xa_iters.size(2), da = xa_iters.size(3);
   const int64_t dv = xv_iters.size(3), Tw = w[2].size(0);
-  Dims s = with_tensor_cores(dims_of(B, L, da, dv, w[2].size(1), T, Tw, cfg), xa_iters.scalar_type(), true);
+  Dims s =
+      with_tensor_cores<SmemLayout>(dims_of(B, L, da, dv, w[2].size(1), T, Tw, cfg), xa_iters.scalar_type(), true);
   auto grad_xa_in = at::empty_like(grad_xa), grad_xv_in = at::empty_like(grad_xv);
   const auto f32 = grad_xa.options().dtype(at::kFloat);
   // Per-block partials [B * S, Tw, ...], reduced below by a deterministic sum over the blocks and
@@ -352,8 +357,8 @@ inline std::vector<at::Tensor> forward(const at::Tensor& xa, const at::Tensor& x
   const int64_t B = xa.size(0), L = xa.size(1), da = xa.size(2), dv = xv.size(2);
   TORCH_CHECK(iterations >= 1 && (w[0].size(0) == 1 || w[0].size(0) == iterations),
               "rja cuda: weights must hold 1 or T = ", iterations, " sets, got ", w[0].size(0));
-  Dims s = with_tensor_cores(dims_of(B, L, da, dv, 0, iterations, w[0].size(0), cfg, h_tanh, out_relu),
-                             xa.scalar_type(), false);
+  Dims s = with_tensor_cores<SmemLayout>(dims_of(B, L, da, dv, 0, iterations, w[0].size(0), cfg, h_tanh, out_relu),
+                                         xa.scalar_type(), false);
   auto xa_iters = at::empty({iterations, B, L, da}, xa.options());
   auto xv_iters = at::empty({iterations, B, L, dv}, xv.options());
   auto xa_out = at::empty_like(xa), xv_out = at::empty_like(xv);
@@ -402,7 +407,8 @@ inline std::vector<at::Tensor> backward(const at::Tensor& grad_xa, const at::Ten
   const int64_t T = xa_iters.size(0), B = xa_iters.size(1), L = xa_iters.size(2), da = xa_iters.size(3);
   const int64_t dv = xv_iters.size(3), d = da + dv, Tw = w[0].size(0);
   TORCH_CHECK(Tw == 1 || Tw == T, "rja cuda: weights must hold 1 or T = ", T, " sets, got ", Tw);
-  Dims s = with_tensor_cores(dims_of(B, L, da, dv, 0, T, Tw, cfg, h_tanh, out_relu), xa_iters.scalar_type(), true);
+  Dims s = with_tensor_cores<SmemLayout>(dims_of(B, L, da, dv, 0, T, Tw, cfg, h_tanh, out_relu),
+                                         xa_iters.scalar_type(), true);
   auto grad_xa_in = at::empty_like(grad_xa), grad_xv_in = at::empty_like(grad_xv);
   const auto f32 = grad_xa.options().dtype(at::kFloat);
   auto H = at::empty({2, T, B, L, d}, f32);
