@@ -74,6 +74,7 @@ STAGE_CASES = [
     # (src dtype, dst dtype, lds, rows, cols, ldd, rows_pad, cols_pad)
     (torch.float32, torch.float32, 20, 5, 13, 20, 8, 16),  # ragged columns, padded rows and columns
     (torch.float32, torch.float32, 17, 4, 16, 20, 4, 16),  # source rows at odd strides: some groups align
+    (torch.float32, torch.float32, 24, 3, 10, 16, 4, 14),  # a padded row ending in a part of a group
     (torch.float16, torch.float32, 40, 6, 29, 36, 8, 32),  # 8 16-bit values, stored as two float vectors
     (torch.bfloat16, torch.float32, 40, 3, 24, 33, 4, 24),  # destination rows unaligned: by element
     (torch.bfloat16, torch.bfloat16, 48, 7, 40, 56, 16, 48),  # the tensor-core paths' 16-bit tiles

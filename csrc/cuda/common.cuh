@@ -360,8 +360,8 @@ RJA_DEVICE void correlation_tile_mma(int R, int E, int Lp, Ptr<const K> P16, int
 
 // correlation_tile on tensor cores at about float32 accuracy: C[r, e] = tanh(scale * S[r, e]) for
 // r < R, e < E, with the product S = P J ([R, Lp] [Lp, E], float; J holds K values, an exact
-// operand of mma_tiles_f32 for 16-bit K) in the float buffer S, which may be C itself (lds = ldc: each element
-// is read and written by its one thread). P and J zero past their staged rows and columns make C
+// operand of mma_tiles_f32 for 16-bit K) in the float buffer S, which may be C itself (lds = ldc:
+// each element is read and written by its one thread). P and J zero past their staged rows and columns make C
 // 0 there. With kDerivative also D[r, e] = tanh'(.) (C's row stride) for r < rows, e < cols, and 0
 // past them: tanh'(0) = 1 would not keep a product with D's padding at 0. Barrier inside; C (and D)
 // are complete after the next one.
@@ -464,8 +464,8 @@ RJA_DEVICE void rows_times_transposed_f32(int M, int Mp, int N, int Np, int K, c
     }
     stage_tile(w + k0, ldw, N, ks, Ws, ldws, Np, kc);
     __syncthreads();
-    mma_tiles_f32<wmma::row_major, wmma::col_major, kExactA, exact_in_tf32<W>()>(Mp, Np, kc, As, lda, Ws, ldws, Out, ldo,
-                                                                            k0 > 0);
+    mma_tiles_f32<wmma::row_major, wmma::col_major, kExactA, exact_in_tf32<W>()>(Mp, Np, kc, As, lda, Ws, ldws, Out,
+                                                                                 ldo, k0 > 0);
   }
   __syncthreads();
 }

@@ -98,7 +98,7 @@ __global__ void round_trip_kernel(Ptr<const float> in, Ptr<float> out, int n) {
   RJA_BLOCK_LOOP(i, n) out[i] = rja::to_float(rja::from_float<K>(in[i]));
 }
 
-// rja::stage_tile with one block: dst (+)= the staged tile of src (common.cuh).
+// rja::stage_tile with one block: the tile of src staged into dst (common.cuh).
 template <class S, class D>
 __global__ void stage_tile_kernel(Ptr<const S> src, int64_t lds, int rows, int cols, Ptr<D> dst, int ldd, int rows_pad,
                                   int cols_pad) {
