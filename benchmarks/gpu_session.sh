@@ -8,6 +8,7 @@
 #   RJA_GPU_SKIP_TESTS=1 RJA_GPU_BENCH_K="paper-form-paper and max-autotune" bash benchmarks/gpu_session.sh
 #   RJA_GPU_BENCH_K="" bash benchmarks/gpu_session.sh   # all 180 benchmarks (far over 10 minutes)
 #   RJA_GPU_SPLIT_AB=1 bash benchmarks/gpu_session.sh   # also Triton and CUDA C++ with one program per sample
+#   RJA_GPU_CORES_AB=1 bash benchmarks/gpu_session.sh   # also CUDA C++ with every pass on CUDA cores
 #
 # Sized for one 10-minute call on an H100/H200 (16 cores): the build for compute capability 9.0
 # only (RJA_CUDA_ARCHS), the GPU tests with -x, and by default the paper size with every
@@ -58,5 +59,13 @@ if [ "${RJA_GPU_SPLIT_AB:-0}" = 1 ]; then
     -q -p no:cacheprovider -s benchmarks/test_bench_gpu.py --benchmark-only \
     -k "${RJA_GPU_SPLIT_AB_K:-paper-form-paper and (cuda or triton) and not compile and not eager}" \
     --benchmark-json="$OUT/bench_gpu_split1.json" --benchmark-columns=median,min,max,rounds
+fi
+# RJA_GPU_CORES_AB=1: the CUDA C++ kernels again with every pass on CUDA cores (RJA_CUDA_TENSOR_CORES=0),
+# against their tensor-core paths in the run above; RJA_GPU_CORES_AB_K selects other benchmarks.
+if [ "${RJA_GPU_CORES_AB:-0}" = 1 ]; then
+  RJA_CUDA_TENSOR_CORES=0 stage benchmark-cuda-cores "${RJA_GPU_CORES_AB_SECONDS:-100}" "$PY" -P -m pytest \
+    -q -p no:cacheprovider -s benchmarks/test_bench_gpu.py --benchmark-only \
+    -k "${RJA_GPU_CORES_AB_K:-paper-form-paper and cuda and not compile and not eager}" \
+    --benchmark-json="$OUT/bench_gpu_cuda_cores.json" --benchmark-columns=median,min,max,rounds
 fi
 cat "$OUT/summary.txt"

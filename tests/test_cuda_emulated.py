@@ -155,46 +155,74 @@ def _mma_f32(m, n, k, exact_operand):
     return m // 16 * (n // 16) * (k // 8) * (2 if exact_operand else 3)
 
 
+def _mma_16(m, n, k):
+    """mma_sync calls per lane of mma_tiles (16-bit operands) on an [m, n] product over k."""
+    return m // 16 * (n // 16) * (k // 16)
+
+
+def _ceil(a, b):
+    return -(-a // b)
+
+
+def _paper_update_mma_calls(lp, dm, rows, cols, tf32x3, exact):
+    """mma_sync calls per lane of paper.cuh's update pass for one column tile of `cols` features and
+    one modality of dm rows: per row tile C = tanh(P J) and G += Q C, then U += H w_h in chunks of
+    w_h's columns (`cols` of them with 16-bit operands, `rows` by 3xTF32, where J and w_h are
+    `exact` for 16-bit inputs)."""
+    row_tiles = _ceil(dm, rows)
+    if not tf32x3:
+        return (row_tiles * (_mma_16(rows, cols, lp) + _mma_16(lp, cols, rows))
+                + _ceil(dm, cols) * _mma_16(lp, cols, cols))
+    return row_tiles * (_mma_f32(rows, cols, lp, exact) + _mma_f32(lp, cols, rows, False)
+                        + _mma_f32(lp, rows, cols, exact))
+
+
+def _paper_forward_mma_calls(seq, da, dv, iterations, rows, cols, sixteen_bit):
+    """mma_sync calls (summed over the lanes) of the paper forward: 16-bit products for 16-bit
+    inputs, 3xTF32 for float32."""
+    lp = _ceil(seq, 16) * 16
+    per_tile = sum(_paper_update_mma_calls(lp, dm, rows, cols, not sixteen_bit, False) for dm in (da, dv))
+    return 32 * iterations * _ceil(da + dv, cols) * per_tile
+
+
 def _paper_backward_mma_calls(seq, da, dv, iterations, rows, cols, out_relu, sixteen_bit):
     """mma_sync calls (summed over the lanes) of the paper backward's 3xTF32 path at tiles of `rows`
     rows and `cols` features (paper.cuh's backward_column_tile): per column tile and modality the
     first pass's C and G += Q C per row tile, gG = gU w_h^T in chunks of `rows`, and per row tile
     Q^T gG, gG C^T, gS J^T, gJ += P^T gS (and C again where there are several row tiles); with
-    out_relu also the recomputed U: the first pass again and H w_h in chunks of `rows` columns; per
-    modality dx's two products with the weights. Operands holding the inputs' values (J, w_h, w_c, w_j)
-    are exact in tf32 for 16-bit inputs only."""
-    lp, ceil = -(-seq // 16) * 16, lambda a, b: -(-a // b)
-    x = sixteen_bit
+    out_relu also the recomputed U (the forward's update pass); per modality dx's two products with
+    the weights. Operands holding the inputs' values (J, w_h, w_c, w_j) are exact in tf32 for 16-bit
+    inputs only."""
+    lp, x = _ceil(seq, 16) * 16, sixteen_bit
     correlation, g = _mma_f32(rows, cols, lp, x), _mma_f32(lp, cols, rows, False)
     gradients = (_mma_f32(rows, cols, lp, False) + _mma_f32(lp, rows, cols, False) + _mma_f32(rows, lp, cols, x)
                  + _mma_f32(lp, cols, rows, False))
     per_tile = dx = 0
     for dm in (da, dv):
-        row_tiles = ceil(dm, rows)
-        first_pass = row_tiles * (correlation + g)
-        per_tile += first_pass + row_tiles * _mma_f32(lp, cols, rows, x) + row_tiles * gradients
+        row_tiles = _ceil(dm, rows)
+        per_tile += row_tiles * (correlation + g) + row_tiles * _mma_f32(lp, cols, rows, x) + row_tiles * gradients
         per_tile += row_tiles * correlation if row_tiles > 1 else 0
-        per_tile += first_pass + row_tiles * _mma_f32(lp, rows, cols, x) if out_relu else 0
+        per_tile += _paper_update_mma_calls(lp, dm, rows, cols, True, x) if out_relu else 0
         # dx += dQ w_c^T + w_j dP^T in chunks of `cols` columns, each over chunks of `rows` of k
-        dx += ceil(dm, cols) * (row_tiles + ceil(seq, rows)) * _mma_f32(lp, cols, rows, x)
-    return 32 * iterations * (ceil(da + dv, cols) * per_tile + dx)
+        dx += _ceil(dm, cols) * (row_tiles + _ceil(seq, rows)) * _mma_f32(lp, cols, rows, x)
+    return 32 * iterations * (_ceil(da + dv, cols) * per_tile + dx)
 
 
 @pytest.mark.parametrize("options", [{}, {"out_relu": True}], ids=_switch_id)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_paper_tensor_cores_take_16_bit_forwards_and_all_backwards(dtype, options):
-    # float16/bfloat16 at tiles of multiples of 16 run the forward on 16-bit tensor cores, and every
-    # dtype the backward by 3xTF32, with the expected count of products; the float32 forward and tiles
+def test_paper_tensor_cores_take_every_pass(dtype, options):
+    # At tiles of multiples of 16 the float16/bfloat16 forward runs on 16-bit tensor cores, the
+    # float32 forward and every backward by 3xTF32, each with the expected count of products; tiles
     # that are no multiples of 16 stay on CUDA cores (and meet the rule).
     inp = make_inputs(PAPER, 1, 6, 13, 29, 2, dtype=dtype)
     weights = tuple(t for n, t in inp.items() if n.startswith("w_"))
     saved = []
+    config, sixteen_bit = cuda.EMULATED_CONFIG, dtype != torch.float32
     forward = _mma_calls(lambda: saved.extend(cuda.paper_forward(inp["xa"], inp["xv"], weights, 2, **options)))
-    assert (forward > 0) == (dtype != torch.float32)
+    assert forward == _paper_forward_mma_calls(6, 13, 29, 2, config["rows"], config["cols"], sixteen_bit)
     backward = _mma_calls(lambda: cuda.paper_backward(saved[0], saved[1], saved[2], saved[3], weights, **options))
-    config = cuda.EMULATED_CONFIG
     expected = _paper_backward_mma_calls(6, 13, 29, 2, config["rows"], config["cols"], "out_relu" in options,
-                                         dtype != torch.float32)
+                                         sixteen_bit)
     assert backward == expected
     ragged = {"threads": 40, "rows": 7, "cols": 5}
     assert _mma_calls(lambda: check(PAPER, 1, 6, 13, 29, 2, 1, dtype, options=options, config=ragged)) == 0
@@ -372,42 +400,47 @@ def test_jca_tensor_core_launch_shapes(dtype, config):
     check(JCA, 2, 20, 13, 29, 2, 2, dtype, k=20, config=config)
 
 
-def _jca_backward_mma_calls(B, L, da, dv, k, T, R, E, sixteen_bit):
-    """mma_sync calls (per lane: 32 a warp's) of the JCA backward's 3xTF32 contractions: per row tile,
-    column tile and iteration of a sample, as mma_tiles_f32 counts them ((M / 16) (N / 16) (Kd / 8)
-    steps of 3 products, 2 where one operand holds 16-bit inputs: J, w_c), at L and k padded to 16."""
-    Lp, kp = -(-L // 16) * 16, -(-k // 16) * 16
+def _jca_mma_calls(B, L, da, dv, k, T, R, E, sixteen_bit, backward):
+    """mma_sync calls (per lane: 32 a warp's) of the JCA form's large contractions, per row tile,
+    column tile and iteration of a sample, at L and k padded to 16: the forward's P J and
+    Z += C w_c^T, with 16-bit operands for 16-bit inputs, else by 3xTF32; the backward's by 3xTF32,
+    as mma_tiles_f32 counts them ((M / 16) (N / 16) (Kd / 8) steps of 3 products, 2 where one
+    operand holds 16-bit inputs: J, w_c)."""
+    Lp, kp = _ceil(L, 16) * 16, _ceil(k, 16) * 16
     x = 2 if sixteen_bit else 3
 
     def mma(M, N, Kd, products):
         return M // 16 * (N // 16) * (Kd // 8) * products
 
-    per_tile = (2 * mma(R, E, Lp, x)  # P J, in phase A and again in phase B
-                + mma(R, kp, E, x)  # Z += C w_c^T
-                + mma(R, E, kp, x)  # gZ w_c
-                + mma(kp, E, R, 3)  # grad w_c += gZ^T C
-                + mma(Lp, E, R, 3)  # gJ += P^T gS
-                + mma(R, Lp, E, x))  # gS J^T
-    row_tiles, column_tiles = -(-da // R) + -(-dv // R), -(-(da + dv) // E)
+    if not backward:
+        per_tile = _mma_16(R, E, Lp) + _mma_16(R, kp, E) if sixteen_bit else mma(R, E, Lp, 3) + mma(R, kp, E, 3)
+    else:
+        per_tile = (2 * mma(R, E, Lp, x)  # P J, in phase A and again in phase B
+                    + mma(R, kp, E, x)  # Z += C w_c^T
+                    + mma(R, E, kp, x)  # gZ w_c
+                    + mma(kp, E, R, 3)  # grad w_c += gZ^T C
+                    + mma(Lp, E, R, 3)  # gJ += P^T gS
+                    + mma(R, Lp, E, x))  # gS J^T
+    row_tiles, column_tiles = _ceil(da, R) + _ceil(dv, R), _ceil(da + dv, E)
     return 32 * per_tile * row_tiles * column_tiles * T * B
 
 
 @pytest.mark.parametrize("split", SPLITS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_jca_tensor_cores_take_16_bit_forwards_and_all_backwards(dtype, split, emulated_device):
-    # The forward of float16/bfloat16 at tiles of multiples of 16 runs on tensor cores (16-bit
-    # operands), and the backward's large contractions of every dtype (3xTF32), with any split,
-    # every row tile's once; the float32 forward and other tiles stay on CUDA cores.
+def test_jca_tensor_cores_take_every_pass(dtype, split, emulated_device):
+    # The forward of float16/bfloat16 at tiles of multiples of 16 runs on tensor cores with 16-bit
+    # operands, the float32 forward and every backward by 3xTF32, with any split, every row tile's
+    # once; other tiles stay on CUDA cores.
     emulated_device(8, 2)  # room for 3 samples x 3 blocks
     inp = make_inputs(JCA, 3, 6, 13, 29, 2, k=12, dtype=dtype)
     weights = tuple(t for n, t in inp.items() if n.startswith("w_"))
     saved = []
     with cuda.emulated_config(split=split):
         forward = _mma_calls(lambda: saved.extend(cuda.jca_forward(inp["xa"], inp["xv"], weights, 2)))
-        assert (forward > 0) == (dtype != torch.float32)
         backward = _mma_calls(lambda: cuda.jca_backward(saved[0], saved[1], saved[2], saved[3], weights))
-    rows, cols = cuda.EMULATED_CONFIG["rows"], cuda.EMULATED_CONFIG["cols"]
-    assert backward == _jca_backward_mma_calls(3, 6, 13, 29, 12, 2, rows, cols, dtype != torch.float32)
+    rows, cols, sixteen_bit = cuda.EMULATED_CONFIG["rows"], cuda.EMULATED_CONFIG["cols"], dtype != torch.float32
+    assert forward == _jca_mma_calls(3, 6, 13, 29, 12, 2, rows, cols, sixteen_bit, backward=False)
+    assert backward == _jca_mma_calls(3, 6, 13, 29, 12, 2, rows, cols, sixteen_bit, backward=True)
     ragged = {"threads": 40, "rows": 7, "cols": 5, "split": split}
     assert _mma_calls(lambda: check(JCA, 3, 6, 13, 29, 2, 1, dtype, k=12, config=ragged)) == 0
 
@@ -469,6 +502,47 @@ def test_backward_runs_on_cuda_cores_where_its_tensor_core_tiles_do_not_fit(oper
     saved = forward(inp["xa"], inp["xv"], weights, 1)
     assert _mma_calls(lambda: backward(saved[0], saved[1], saved[2], saved[3], weights)) == 0
     check(operator, 1, seq, 4, 4, 1, 1, dtype, k=k)
+
+
+@pytest.mark.parametrize(("operator", "seq", "k"), [(PAPER, 360, None), (JCA, 113, 113)], ids=["paper", "jca"])
+def test_float32_forward_runs_on_cuda_cores_where_its_tensor_core_tiles_do_not_fit(operator, seq, k):
+    # At the emulated tiles (16 x 48) the float32 forward's 3xTF32 layout exceeds the 227 KiB a block
+    # may have at these L (and k), padded to 368 (128), and its CUDA-core layout fits (the backward's
+    # does not): the forward takes the CUDA cores (no mma) and meets the rule.
+    inp = make_inputs(operator, 1, seq, 4, 4, 1, k=k)
+    weights = tuple(t for n, t in inp.items() if n.startswith("w_"))
+    forward, _, _ = KERNELS[operator]
+    reference = get_backend(operator, "reference")
+    got = []
+    assert _mma_calls(lambda: got.extend(forward(inp["xa"], inp["xv"], weights, 1))) == 0
+    ref_low = reference.forward(inp["xa"], inp["xv"], weights, 1)
+    exact = reference.forward(inp["xa"].double(), inp["xv"].double(), tuple(w.double() for w in weights), 1)
+    for name, g, lo, ex in zip(("xa_out", "xv_out"), got, ref_low, exact):
+        _within_rule(name, g, lo, ex, 6.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("operator", [PAPER, JCA], ids=["paper", "jca"])
+def test_tensor_cores_off_by_the_environment(operator, dtype, monkeypatch):
+    # RJA_CUDA_TENSOR_CORES=0 (what a device session sets to time CUDA cores against tensor cores)
+    # keeps both passes off the tensor cores at tiles that would take them, within the rule; "1"
+    # gives them back, and another value is an error, not a silent fallback.
+    forward, backward, sizes = KERNELS[operator]
+    inp = make_inputs(operator, 2, 20, 13, 29, 2, dtype=dtype, **sizes)
+    weights = tuple(t for n, t in inp.items() if n.startswith("w_"))
+
+    def both_passes():
+        saved = forward(inp["xa"], inp["xv"], weights, 2)
+        backward(saved[0], saved[1], saved[2], saved[3], weights)
+
+    monkeypatch.setenv("RJA_CUDA_TENSOR_CORES", "0")
+    assert _mma_calls(both_passes) == 0
+    check(operator, 2, 20, 13, 29, 2, 2, dtype, **sizes)
+    monkeypatch.setenv("RJA_CUDA_TENSOR_CORES", "1")
+    assert _mma_calls(both_passes) > 0
+    monkeypatch.setenv("RJA_CUDA_TENSOR_CORES", "no")
+    with pytest.raises(RuntimeError, match="RJA_CUDA_TENSOR_CORES must be 0 or 1, got 'no'"):
+        both_passes()
 
 
 # The JCA form's split deals the row tiles of both modalities (the unit of its work) to the blocks

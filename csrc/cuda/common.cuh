@@ -13,6 +13,11 @@
 
 namespace rja {
 
+// Where a pass runs its large contractions (host.h decides, per pass): scalar FMAs on CUDA cores; WMMA
+// with 16-bit operands (the forwards of 16-bit elements); or float32 tiles by 3xTF32 (the float32
+// forwards and every backward). The tensor-core paths pad their tiles to multiples of 16.
+enum class Products { cuda_cores, wmma_16_bit, tf32x3 };
+
 struct Dims {
   int B, L, da, dv;
   int k;  // the JCA form's attention hidden size (0 for the paper's form)
@@ -20,10 +25,11 @@ struct Dims {
   int R, E;  // tile sizes: rows of x^T (rows of C) and joint features (columns of C) per tile
   float scale;  // 1 / sqrt(d)
   bool h_tanh, out_relu;  // the paper form's switches (SPEC section 1)
-  bool mma;               // tensor cores: 16-bit forwards, all backwards (paper.cuh, jca.cuh; host.h decides)
+  Products products;      // the pass's contractions (paper.cuh, jca.cuh; host.h decides)
   int split = 1;          // thread blocks per sample, both forms (paper.cuh, jca.cuh; host.h decides)
   RJA_HOST_DEVICE int d() const { return da + dv; }
   RJA_HOST_DEVICE int weight_set(int it) const { return Tw == 1 ? 0 : it; }
+  RJA_HOST_DEVICE bool padded() const { return products != Products::cuda_cores; }  // tiles to multiples of 16
 };
 
 // The S blocks that share the work of one sample (S = gridDim.x / B; blocks b*S .. b*S + S - 1).
@@ -235,16 +241,27 @@ RJA_DEVICE void correlation_tile(Ptr<const float> P, Ptr<const float> Jt, int ld
   }
 }
 
-// Whether the forwards of element type K take the tensor-core path with K operands: 16-bit types,
-// where WMMA exists. float32 forwards stay on CUDA cores (tf32 operands would break its accuracy rule).
+// Whether Products::wmma_16_bit is compiled for element type K: 16-bit types, where WMMA exists.
 template <class K>
 RJA_DEVICE constexpr bool tensor_cores() {
   return RJA_WMMA && sizeof(K) == 2;
 }
 
-// Whether the backwards run their products on float32 tiles by 3xTF32 (mma_tiles_f32, about float32
-// accuracy), for every element type: where WMMA exists (tf32 from sm_80).
+// Whether Products::tf32x3 (mma_tiles_f32 on float32 tiles, about float32 accuracy) is compiled:
+// for every element type where WMMA exists (tf32 from sm_80).
 RJA_DEVICE constexpr bool tf32_tensor_cores() { return RJA_WMMA; }
+
+// The products a pass of element type K takes: s.products (host.h's choice) where the pass can take
+// it, the 16-bit ones in 16-bit forwards only and 3xTF32 in float32 forwards and every backward;
+// else CUDA cores. A kernel's Tiles and shared-memory layout take this, so that (`backward` being a
+// literal there) a kernel compiles no path it never takes: neither its code nor its registers.
+template <class K>
+RJA_DEVICE Dims with_products_taken(Dims s, bool backward) {
+  const bool sixteen_bit = s.products == Products::wmma_16_bit && tensor_cores<K>() && !backward;
+  const bool tf32x3 = s.products == Products::tf32x3 && tf32_tensor_cores() && (backward || sizeof(K) == 4);
+  s.products = sixteen_bit ? Products::wmma_16_bit : tf32x3 ? Products::tf32x3 : Products::cuda_cores;
+  return s;
+}
 
 // Whether the values of element type K are exact in tf32 (float16's 11 significant bits, bfloat16's
 // 8): such an operand of mma_tiles_f32 needs no low part, a product fewer.

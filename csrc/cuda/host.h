@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -184,7 +185,7 @@ inline Dims dims_of(int64_t B, int64_t L, int64_t da, int64_t dv, int64_t k, int
               "rja cuda: bad launch config: threads=", cfg.threads, " rows=", cfg.rows, " cols=", cfg.cols);
   TORCH_CHECK(cfg.split >= 0, "rja cuda: split must be >= 0 (0: chosen for the device), got ", cfg.split);
   return Dims{int(B), int(L), int(da), int(dv), int(k), int(T), int(Tw), cfg.rows, cfg.cols,
-              float(1.0 / std::sqrt(double(da + dv))), h_tanh, out_relu, false, 1};
+              float(1.0 / std::sqrt(double(da + dv))), h_tanh, out_relu, Products::cuda_cores, 1};
 }
 
 inline std::size_t shared_bytes_checked(std::int64_t floats, const Dims& s, bool backward, const char* form) {
@@ -212,16 +213,28 @@ inline void check_features(const at::Tensor& like, std::initializer_list<const a
   }
 }
 
+// RJA_CUDA_TENSOR_CORES=0 keeps every pass of both forms on CUDA cores (unset or 1: with_tensor_cores
+// decides), to compare the two on a device.
+inline bool tensor_cores_allowed_by_env() {
+  const char* v = std::getenv("RJA_CUDA_TENSOR_CORES");
+  if (v == nullptr || *v == '\0') return true;
+  const std::string value(v);
+  TORCH_CHECK(value == "0" || value == "1", "rja cuda: RJA_CUDA_TENSOR_CORES must be 0 or 1, got '", value, "'");
+  return value == "1";
+}
+
 // The tensor-core paths of both forms (paper.cuh, jca.cuh) take tiles of multiples of 16 on a
-// device with bfloat16 and tf32 WMMA (sm_80+): the forwards' 16-bit products (m16n16k16) for 16-bit
-// elements, float32 forwards staying on CUDA cores, and the backwards' 3xTF32 products (m16n16k8)
-// for every element type. Other tiles run on CUDA cores, and so does a pass whose tensor-core
+// device with bfloat16 and tf32 WMMA (sm_80+), unless RJA_CUDA_TENSOR_CORES=0: a 16-bit forward's
+// products have 16-bit operands (m16n16k16); a float32 forward's and every backward's are 3xTF32 on
+// float32 tiles (m16n16k8). Other tiles run on CUDA cores, and so does a pass whose tensor-core
 // layout (Layout: the form's SmemLayout, padded to multiples of 16) would not fit the device's
 // shared memory where the CUDA-core one, which pads less, may.
 template <class Layout>
 inline Dims with_tensor_cores(Dims s, at::ScalarType dtype, bool backward) {
-  s.mma = (backward || dtype != at::kFloat) && s.R % 16 == 0 && s.E % 16 == 0 && device_has_wmma();
-  if (s.mma && std::size_t(Layout(s, backward).total) * sizeof(float) > max_shared_bytes()) s.mma = false;
+  s.products = Products::cuda_cores;
+  if (s.R % 16 != 0 || s.E % 16 != 0 || !device_has_wmma() || !tensor_cores_allowed_by_env()) return s;
+  s.products = backward || dtype == at::kFloat ? Products::tf32x3 : Products::wmma_16_bit;
+  if (std::size_t(Layout(s, backward).total) * sizeof(float) > max_shared_bytes()) s.products = Products::cuda_cores;
   return s;
 }
 

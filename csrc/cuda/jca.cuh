@@ -13,7 +13,7 @@
 // The backward pass runs the iterations in reverse in one launch and recomputes the C tiles.
 //
 // Tensor cores. For float16 and bfloat16 (with tiles of multiples of 16 on an sm_80+ device:
-// Dims::mma, host.h) the large contractions run on WMMA with float32 accumulators. The forward's
+// Dims::products, host.h) the large contractions run on WMMA with float32 accumulators. The forward's
 // two, C = tanh(P J_tile / sqrt(d)) (R x E over L) and Z += C w_c_tile^T (R x k over E: at L = 16,
 // k = 32 these are all but a few percent of the work), take 16-bit operands (mma_tiles,
 // common.cuh), Z accumulating in place: P, J, C and w_c are rounded to the element type, as the
@@ -23,9 +23,9 @@
 // products, not three): with 16-bit operands the relu mask of a Z from them would enter the
 // gradients (as in paper.cuh), and 16-bit gradient tiles break the accuracy rule. Unmeasured on a
 // GPU. The small products (P, x^T w_u^T, the output's relu(Z) w_h^T and the backward's other terms:
-// O(L) or O(k) per element of x against the big ones' O(d)) stay float32 on CUDA cores. The float32
-// backward takes the same 3xTF32 path (three products each, within float32's accuracy rule); the
-// float32 forward stays on CUDA cores (its K operands would have to be tf32, which breaks the rule).
+// O(L) or O(k) per element of x against the big ones' O(d)) stay float32 on CUDA cores. float32
+// takes the same 3xTF32 path forward and backward (three products each, within float32's accuracy
+// rule): its forward's C and Z are the backward's recompute (Products::tf32x3).
 //
 // Forward and backward give each sample S blocks (Dims::split, chosen by host.h to fill the GPU:
 // S = 1 is an ordinary launch, S > 1 a cooperative one with a barrier across the S blocks through
@@ -49,26 +49,27 @@ namespace jca {
 
 // Shared memory of one block, in floats; every buffer starts 32-byte aligned (WMMA tiles). Strides
 // k + 1 and E + 1 keep the column walks of the Z and w_c tiles free of bank conflicts. The
-// tensor-core paths (s.mma) pad L to Lp and k to kp, multiples of 16, and add a float tile S for
-// products bound elsewhere. The forward's has the 16-bit mma operands in place of the float P, J,
-// w_c and C tiles; the backward's (3xTF32) keeps those, padded. Their row strides are 16 bytes more
+// tensor-core paths (Dims::padded) pad L to Lp and k to kp, multiples of 16, and add a float tile S
+// for products bound elsewhere. The 16-bit one (16-bit forwards) has the 16-bit mma operands in
+// place of the float P, J, w_c and C tiles; the 3xTF32 one (float32 forwards, all backwards) keeps
+// those, padded. Their row strides are 16 bytes more
 // than a multiple of 16 elements, so the rows of a WMMA tile start in different banks.
 struct SmemLayout : SmemArena {
   int Lp, kp, ldZ, ldP, ldE, ldW, ldP16, ld16, ldS;  // padded L and k, and row strides
   Span wj, wu, wh, Z;                                // float
-  Span P, Jt, Wct, C;                                // float, but on the forward's tensor-core path
+  Span P, Jt, Wct, C;                                // float, but on the 16-bit path
   Span G, gZ, gS, gWc, gJ;                           // float, backward only
-  Span P16, J16, Wc16, C16;                          // the forward's tensor-core path only
+  Span P16, J16, Wc16, C16;                          // the 16-bit path only
   Span S;                                            // the tensor-core paths only
   RJA_HOST_DEVICE SmemLayout(const Dims& s, bool backward) {
     const int L = s.L, k = s.k, R = s.R, E = s.E;
-    const bool mma16 = s.mma && !backward;
-    Lp = s.mma ? (L + 15) / 16 * 16 : L;
-    kp = s.mma ? (k + 15) / 16 * 16 : k;
-    ldZ = s.mma ? kp + 4 : k + 1;  // Z and gZ
-    ldP = s.mma ? Lp + 4 : L;
-    ldE = s.mma ? E + 4 : E;  // Jt, C, gS, gWc, gJ
-    ldW = s.mma ? E + 4 : E + 1;
+    const bool mma16 = s.products == Products::wmma_16_bit, padded = s.padded();
+    Lp = padded ? (L + 15) / 16 * 16 : L;
+    kp = padded ? (k + 15) / 16 * 16 : k;
+    ldZ = padded ? kp + 4 : k + 1;  // Z and gZ
+    ldP = padded ? Lp + 4 : L;
+    ldE = padded ? E + 4 : E;  // Jt, C, gS, gWc, gJ
+    ldW = padded ? E + 4 : E + 1;
     ldP16 = Lp + 8;
     ld16 = E + 8;
     ldS = (E > Lp ? E : Lp) + 4;
@@ -95,7 +96,7 @@ struct SmemLayout : SmemArena {
       Wc16 = take(kp * ld16, 2);
       C16 = take(R * ld16, 2);
     }
-    if (s.mma) S = take(R * ldS, 4);
+    if (padded) S = take(R * ldS, 4);
   }
 };
 
@@ -103,7 +104,7 @@ template <class K>
 struct Tiles {
   Ptr<float> wj, wu, wh;  // this modality's w_j [L, L], w_u [k, L], w_h [L, k]
   Ptr<float> Z;           // [R, ldZ] pre-activation of the attention map
-  // P, Jt, Wct, C: all but the forward's tensor-core path.
+  // P, Jt, Wct, C: all but the 16-bit path.
   Ptr<float> P;           // [R, ldP]
   Ptr<float> Jt;          // [Lp, ldE] joint-feature tile
   Ptr<float> Wct;         // [kp, ldW] w_c tile, rows c: the col-major B operand of C w_c^T
@@ -113,10 +114,11 @@ struct Tiles {
   Ptr<float> gS;          // [R, ldE]  backward: gradient of the pre-tanh tile
   Ptr<float> gWc;         // [kp, ldE] backward: w_c gradient of the column tile
   Ptr<float> gJ;          // [Lp, ldE] backward: J gradient of the column tile
-  // The tensor-core paths, whose mma operands are zero past the ragged or padded edges: the
-  // forward's with 16-bit operands, the backward's with float ones (3xTF32, mma_tiles_f32).
-  bool mma;      // the forward's is taken
-  bool mma_f32;  // the backward's is taken
+  // The tensor-core paths, whose mma operands are zero past the ragged or padded edges: with 16-bit
+  // operands (16-bit forwards), or with float ones by 3xTF32 (mma_tiles_f32: float32 forwards, all
+  // backwards).
+  bool mma;      // the 16-bit one is taken
+  bool mma_f32;  // the 3xTF32 one is taken
   int Lp, kp, ldZ, ldP, ldE, ldW, ldP16, ld16, ldS;
   Ptr<K> P16;    // [R, ldP16]  P rows
   Ptr<K> J16;    // [Lp, ld16]  J tile
@@ -128,7 +130,8 @@ struct Tiles {
   // loops cover: the padding too on a tensor-core path.
   RJA_DEVICE int extent(int n, int padded) const { return mma || mma_f32 ? padded : n; }
 
-  RJA_DEVICE Tiles(Ptr<float> smem, const Dims& s, bool backward) {
+  RJA_DEVICE Tiles(Ptr<float> smem, const Dims& dims, bool backward) {
+    const Dims s = with_products_taken<K>(dims, backward);
     const SmemLayout at(s, backward);
     const auto f32 = [&](SmemLayout::Span span, const char* name) { return smem_buffer<float>(smem, span, name); };
     const auto k16 = [&](SmemLayout::Span span, const char* name) { return smem_buffer<K>(smem, span, name); };
@@ -136,8 +139,8 @@ struct Tiles {
     wu = f32(at.wu, "smem.wu");
     wh = f32(at.wh, "smem.wh");
     Z = f32(at.Z, "smem.Z");
-    mma = tensor_cores<K>() && s.mma && !backward;
-    mma_f32 = tf32_tensor_cores() && s.mma && backward;
+    mma = s.products == Products::wmma_16_bit;
+    mma_f32 = s.products == Products::tf32x3;
     if (!mma) {
       P = f32(at.P, "smem.P");
       Jt = f32(at.Jt, "smem.Jt");
@@ -213,23 +216,21 @@ RJA_DEVICE void load_small_weights(const Modality<K>& m, const Tiles<K>& t, cons
   RJA_BLOCK_LOOP(i, s.L * s.k) t.wh[i] = to_float(m.wh[i]);
 }
 
-// The float w_c tile of the columns [col0, col0 + cols), zero on to [kp, E) on the backward's
-// tensor-core path.
+// The float w_c tile of the columns [col0, col0 + cols), zero on to [kp, E) on the 3xTF32 path.
 template <class K>
 RJA_DEVICE void load_wc_tile(const Modality<K>& m, const Tiles<K>& t, const Dims& s, int col0, int cols) {
   const int rows = t.extent(s.k, t.kp), n = t.extent(cols, s.E);
   stage_tile(m.wc + col0, s.d(), s.k, cols, t.Wct, t.ldW, rows, n);
 }
 
-// The float J tile of the columns [col0, col0 + cols), zero on to [Lp, E) on the backward's
-// tensor-core path.
+// The float J tile of the columns [col0, col0 + cols), zero on to [Lp, E) on the 3xTF32 path.
 template <class K>
 RJA_DEVICE void load_joint_tile(const Joint<K>& J, const Tiles<K>& t, const Dims& s, int col0, int cols) {
   stage_joint_tile(J, t.Jt, t.ldE, s.L, col0, cols, t.extent(s.L, t.Lp), t.extent(cols, s.E));
 }
 
 // Stages the J and w_c tiles of the columns [col0, col0 + cols): float, or in 16 bits on the
-// forward's tensor-core path; on the tensor-core paths zero past the columns and L (J) or k (w_c),
+// 16-bit path; on the tensor-core paths zero past the columns and L (J) or k (w_c),
 // so their products add nothing there.
 template <class K>
 RJA_DEVICE void stage_column_tile(const Modality<K>& m, const Joint<K>& J, const Tiles<K>& t, const Dims& s, int col0,
@@ -245,12 +246,11 @@ RJA_DEVICE void stage_column_tile(const Modality<K>& m, const Joint<K>& J, const
 }
 
 // C = tanh(P J_tile * scale) for the staged P rows and J tile; in the backward also tanh' into gS.
-// On the tensor-core paths all [R, E] of C16 (forward) or C and gS (backward, 3xTF32), with a
-// barrier inside.
+// On the tensor-core paths all [R, E] of C16 (16-bit) or C and gS (3xTF32), with a barrier inside.
 template <class K, bool kDerivative = false>
 RJA_DEVICE void tanh_tile(const Tiles<K>& t, const Dims& s, int rows, int cols) {
   if constexpr (tensor_cores<K>()) {
-    if (t.mma) {  // the forward's: no derivative
+    if (t.mma) {  // a forward's: no derivative
       correlation_tile_mma<K>(s.R, s.E, t.Lp, t.P16, t.ldP16, t.J16, t.ld16, t.S, t.ldS, t.C16, t.ld16, s.scale);
       return;
     }
@@ -266,10 +266,10 @@ RJA_DEVICE void tanh_tile(const Tiles<K>& t, const Dims& s, int rows, int cols) 
 }
 
 // Z of rows [row0, row0 + rows) of modality m, streaming over the joint features in tiles of E;
-// leaves P (P16 on the forward's tensor-core path) and Z in shared memory. Expects the small weights
-// staged and synchronised. On the tensor-core paths P J and Z += C w_c^T run on WMMA over all
-// [R, kp] of Z, zero past the rows and k: mma_tiles with 16-bit operands in the forward,
-// mma_tiles_f32 in the backward, whose relu mask of Z must be float32's.
+// leaves P (P16 on the 16-bit path) and Z in shared memory. Expects the small weights staged and
+// synchronised. On the tensor-core paths P J and Z += C w_c^T run on WMMA over all [R, kp] of Z,
+// zero past the rows and k: mma_tiles with 16-bit operands in a 16-bit forward, else mma_tiles_f32
+// (the backward's relu mask of Z must be float32's).
 template <class K>
 RJA_DEVICE void attention_rows(const Modality<K>& m, const Joint<K>& J, const Tiles<K>& t, const Dims& s, int row0,
                                int rows) {
@@ -465,7 +465,7 @@ RJA_DEVICE void backward_rows(const Modality<K>& m, const Joint<K>& J, const Bac
 }
 
 // gS = (gZ w_c) tanh' scale for the staged gZ rows and w_c tile, tanh' staged in gS. On the
-// backward's tensor-core path all [R, E] (zero past the rows and columns), with a barrier inside.
+// 3xTF32 path all [R, E] (zero past the rows and columns), with a barrier inside.
 template <class K>
 RJA_DEVICE void pre_tanh_gradient(const Tiles<K>& t, const Dims& s, int rows, int cols) {
   if constexpr (tf32_tensor_cores()) {

@@ -28,7 +28,7 @@
 // factors (H, dU, dQ, dP of every iteration, O(B L d T)) and the host reduces them with one
 // matrix product per weight (host.h): deterministic, and no per-block copy of the d x dm weights.
 //
-// Tensor cores. For float16 and bfloat16 (with tiles of multiples of 16 on an sm_80+ device: Dims::mma,
+// Tensor cores. For float16 and bfloat16 (with tiles of multiples of 16 on an sm_80+ device: Dims::products,
 // host.h) the forward's three large contractions, C = tanh(P_rows J_tile / sqrt(d)), G += Q[:, rows] C
 // and U += H w_h[tile, :], run on WMMA (mma_tiles, common.cuh) with float32 accumulators. Their
 // operand tiles P, J, Q, C, H, w_h are rounded to the element type, as the Triton kernel's tl.dot
@@ -41,9 +41,9 @@
 // P^T gS) on float32 tiles by 3xTF32 (mma_tiles_f32: about float32 accuracy; J and w_h hold 16-bit
 // values, exact in tf32, which saves a product), unmeasured on a GPU, and so does dx += dQ w_c^T +
 // w_j dP^T (L dm^2: a tenth of the work at the paper size, which CUDA cores would make the larger
-// part of the time). The float32 backward takes the same path (tiles of multiples of 16, sm_80+),
-// three products each, within float32's accuracy rule (tests/test_cuda_emulated.py); the float32
-// forward stays on CUDA cores.
+// part of the time). float32 takes the same 3xTF32 path (tiles of multiples of 16, sm_80+) forward
+// and backward, three products each, within float32's accuracy rule (tests/test_cuda_emulated.py):
+// the forward's C, G and U are then the backward's recompute (Products::tf32x3, Dims).
 #pragma once
 
 #include "common.cuh"
@@ -53,26 +53,28 @@ namespace paper {
 
 // Shared memory of one block, in floats; every buffer starts 32-byte aligned (WMMA tiles). On CUDA
 // cores the row strides E + 1 keep the column walks of the J, C and dS tiles (dQ and dP loops) free
-// of bank conflicts. The forward's tensor-core path (s.mma) pads L to Lp, a multiple of 16, and has
-// the 16-bit mma operands and a float tile for products in place of the float J, P, Q and C tiles;
-// their row strides are 16 bytes more than a multiple of 16 elements, so the rows of a WMMA tile
-// start in different banks. The backward's (s.mma: 3xTF32) keeps the float tiles, padded to Lp rows
-// (and R, E columns) with zeros, at row strides of 4 floats past their width for the same reason,
-// and adds the float tiles S and Sq for products before their epilogues.
+// of bank conflicts. The tensor-core paths pad L to Lp, a multiple of 16. The 16-bit one
+// (Products::wmma_16_bit) has the 16-bit mma operands and a float tile for products in place of the
+// float J, P, Q and C tiles; their row strides are 16 bytes more than a multiple of 16 elements, so
+// the rows of a WMMA tile start in different banks. The 3xTF32 one (Products::tf32x3) keeps the float
+// tiles, padded to Lp rows (and R, E columns) with zeros, at row strides of 4 floats past their width
+// for the same reason, and adds the float tiles S (and in the backward Sq) for products before their
+// epilogues and W for the chunks of w_h.
 struct SmemLayout : SmemArena {
-  int Lp, ld16, ldP16, ldQ16, ldS;       // tensor-core paths: padded L; the forward's 16-bit row strides
+  int Lp, ld16, ldP16, ldQ16, ldS;       // tensor-core paths: padded L; the 16-bit path's row strides
   int ldE, ldG, ldP, ldQ;                // row strides: J, C, gS (and W, S for E columns); G, gG, gJ; P; Q
   Span G;                                // float
-  Span Jt, Pt, Qt, C;                    // float, not on the forward's tensor-core path
-  Span gG, gJ, gS, W;                    // float, backward only
-  Span J16, P16, Q16, C16, H16, W16;     // the forward's tensor-core path only
+  Span Jt, Pt, Qt, C;                    // float, not on the 16-bit path
+  Span gG, gJ, gS;                       // float, backward only
+  Span W;                                // float, backward or the 3xTF32 path
+  Span J16, P16, Q16, C16, H16, W16;     // the 16-bit path only
   Span S;                                // float, tensor-core paths only
-  Span Sq;                               // float, the backward's tensor-core path only
+  Span Sq;                               // float, the backward's 3xTF32 path only
   RJA_HOST_DEVICE SmemLayout(const Dims& s, bool backward) {
     const int L = s.L, R = s.R, E = s.E;
-    const bool mma16 = s.mma && !backward, mma_f32 = s.mma && backward;
+    const bool mma16 = s.products == Products::wmma_16_bit, mma_f32 = s.products == Products::tf32x3;
     const auto larger = [](int a, int b) { return a > b ? a : b; };
-    Lp = s.mma ? (L + 15) / 16 * 16 : L;
+    Lp = s.padded() ? (L + 15) / 16 * 16 : L;
     ld16 = E + 8;
     ldP16 = Lp + 8;
     ldQ16 = R + 8;
@@ -94,6 +96,8 @@ struct SmemLayout : SmemArena {
       gS = take(R * ldE, 4);
       // rows_times_transposed's chunks [R, E + 1]; on tensor cores also w_h's, [E, ldQ]
       W = take(mma_f32 ? larger(R * (E + 1), E * ldQ) : R * (E + 1), 4);
+    } else if (mma_f32) {
+      W = take(E * ldQ, 4);  // w_h's chunks
     }
     if (mma16) {
       J16 = take(Lp * ld16, 2);
@@ -104,16 +108,18 @@ struct SmemLayout : SmemArena {
       W16 = take(E * ld16, 2);
       S = take(larger(R, Lp) * ldS, 4);
     }
-    if (mma_f32) {  // S: products [R, E], [R, Lp], [Lp, R] and gU's chunks [Lp, R]; Sq: gG C^T [Lp, R]
+    if (mma_f32 && backward) {  // S: products [R, E], [R, Lp], [Lp, R] and gU's chunks [Lp, R]; Sq: gG C^T [Lp, R]
       S = take(larger(R * ldE, larger(R * ldP, Lp * ldQ)), 4);
       Sq = take(Lp * ldQ, 4);
+    } else if (mma_f32) {  // S: H w_h's chunks [Lp, R]
+      S = take(Lp * ldQ, 4);
     }
   }
 };
 
 template <class K>
 struct Tiles {
-  // Jt, Pt, Qt, C: not on the forward's tensor-core path.
+  // Jt, Pt, Qt, C: not on the 16-bit path.
   Ptr<float> Jt;  // [Lp, ldE]  joint-feature tile J[:, col0 : col0 + cols]
   Ptr<float> Pt;  // [R, ldP]   rows [row0, row0 + rows) of P = x^T w_j
   Ptr<float> Qt;  // [Lp, ldQ]  the same columns of Q = x w_c
@@ -122,9 +128,10 @@ struct Tiles {
   Ptr<float> gG;  // [Lp, ldG]  backward: gradient of the G tile
   Ptr<float> gJ;  // [Lp, ldG]  backward: J gradient of the column tile, both modalities
   Ptr<float> gS;  // [R, ldE]   backward: gradient of the pre-tanh tile
-  Ptr<float> W;   // backward: chunks of weights (rows_times_transposed's, transposed; w_h's on tensor cores)
-  // The tensor-core paths: the forward's on 16-bit operands (mma), the backward's on the float tiles
-  // by 3xTF32 (mma_f32); either pads L to Lp, and its tiles are zero past the ragged or padded edges.
+  Ptr<float> W;   // chunks of weights: the backward's rows_times_transposed's, transposed; w_h's by 3xTF32
+  // The tensor-core paths: on 16-bit operands (mma; 16-bit forwards), or on the float tiles by 3xTF32
+  // (mma_f32; float32 forwards, all backwards); either pads L to Lp, and its tiles are zero past the
+  // ragged or padded edges.
   bool mma, mma_f32;  // this path is taken
   int Lp, ld16, ldP16, ldQ16, ldS, ldE, ldG, ldP, ldQ;
   Ptr<K> J16;     // [Lp, ld16]   J tile
@@ -133,17 +140,18 @@ struct Tiles {
   Ptr<K> C16;     // [R, ld16]    C tile
   Ptr<K> H16;     // [Lp, ld16]   H tile
   Ptr<K> W16;     // [E, ld16]    a chunk of E columns of w_h[tile, :]
-  Ptr<float> S;   // a product before its epilogue: P J, a chunk of H w_h; backward Q^T gG, gS J^T
+  Ptr<float> S;   // a product before its epilogue: P J (16-bit), a chunk of H w_h; backward Q^T gG, gS J^T
   Ptr<float> Sq;  // [Lp, ldQ]    backward: gG C^T before it is added to gQ
 
-  RJA_DEVICE Tiles(Ptr<float> smem, const Dims& s, bool backward) {
+  RJA_DEVICE Tiles(Ptr<float> smem, const Dims& dims, bool backward) {
+    const Dims s = with_products_taken<K>(dims, backward);
     const SmemLayout at(s, backward);
     const auto f32_slice = [&](SmemLayout::Span span, const char* name) {
       return smem_buffer<float>(smem, span, name);
     };
     const auto k_slice = [&](SmemLayout::Span span, const char* name) { return smem_buffer<K>(smem, span, name); };
-    mma = tensor_cores<K>() && s.mma && !backward;
-    mma_f32 = tf32_tensor_cores() && s.mma && backward;
+    mma = s.products == Products::wmma_16_bit;
+    mma_f32 = s.products == Products::tf32x3;
     G = f32_slice(at.G, "smem.G");
     if (!mma) {
       Jt = f32_slice(at.Jt, "smem.Jt");
@@ -155,8 +163,8 @@ struct Tiles {
       gG = f32_slice(at.gG, "smem.gG");
       gJ = f32_slice(at.gJ, "smem.gJ");
       gS = f32_slice(at.gS, "smem.gS");
-      W = f32_slice(at.W, "smem.W");
     }
+    if (backward || mma_f32) W = f32_slice(at.W, "smem.W");
     Lp = at.Lp;
     ld16 = at.ld16;
     ldP16 = at.ldP16;
@@ -175,7 +183,7 @@ struct Tiles {
       W16 = k_slice(at.W16, "smem.W16");
     }
     if (mma || mma_f32) S = f32_slice(at.S, "smem.S");
-    if (mma_f32) Sq = f32_slice(at.Sq, "smem.Sq");
+    if (mma_f32 && backward) Sq = f32_slice(at.Sq, "smem.Sq");
   }
 };
 
@@ -252,7 +260,7 @@ RJA_DEVICE void stage_rows(const Modality<K>& m, Ptr<const float> P, Ptr<const f
   if (t.mma) {
     stage_tile(P_rows, L, rows, L, t.P16, t.ldP16, R, t.Lp);
     stage_tile(Q_cols, d, L, rows, t.Q16, t.ldQ16, t.Lp, R);
-  } else {  // on the backward's tensor-core path zero on to [R, Lp] and [Lp, R]
+  } else {  // on the 3xTF32 path zero on to [R, Lp] and [Lp, R]
     const int Rp = t.mma_f32 ? R : rows;
     stage_tile(P_rows, L, rows, L, t.Pt, t.ldP, Rp, t.Lp);
     stage_tile(Q_cols, d, L, rows, t.Qt, t.ldQ, t.Lp, Rp);
@@ -260,8 +268,8 @@ RJA_DEVICE void stage_rows(const Modality<K>& m, Ptr<const float> P, Ptr<const f
 }
 
 // C of the staged row tile into t.C (with kDerivative, the backward's, also tanh' of its elements
-// into t.gS), no barrier; on the forward's tensor-core path into t.C16, in 16 bits, and on the
-// backward's into the padded t.C, each with a barrier inside. C is complete for every thread after
+// into t.gS), no barrier; on the 16-bit path into t.C16, in 16 bits, and on the 3xTF32 path into
+// the padded t.C, each with a barrier inside. C is complete for every thread after
 // the next barrier.
 template <class K, bool kDerivative>
 RJA_DEVICE void correlation(const Tiles<K>& t, const Dims& s, int rows, int cols) {
@@ -327,9 +335,9 @@ RJA_DEVICE void attention_tile(const Modality<K>& m, Ptr<const float> P, Ptr<con
 }
 
 // U[:, off : off + dm] += H w_h[col0 : col0 + cols, :] of modality m for the H tile (t.H16 on the
-// forward's tensor-core path, else t.G), complete before the call. On the tensor-core paths in
-// chunks of columns of w_h, staged: E in 16 bits, or on the backward's R in float (3xTF32, in less
-// shared memory), with barriers inside; no barrier on the CUDA-core path.
+// 16-bit path, else t.G), complete before the call. On the tensor-core paths in chunks of columns
+// of w_h, staged: E in 16 bits, or on the 3xTF32 path R in float (in less shared memory), with
+// barriers inside; no barrier on the CUDA-core path.
 template <class K>
 RJA_DEVICE void add_update(const Modality<K>& m, const Tiles<K>& t, const Dims& s, Ptr<float> U, int col0, int cols) {
   const int L = s.L, E = s.E, d = s.d(), dm = m.dm, off = m.off;
