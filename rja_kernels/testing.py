@@ -3,6 +3,9 @@ low-precision tolerance rule. Not part of the operator's API."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 
@@ -34,6 +37,18 @@ def make_inputs(
             t *= (2.0 / (shape[1] + shape[2])) ** 0.5
         out[name] = t.to(device=device, dtype=dtype).requires_grad_(requires_grad)
     return out
+
+
+@contextlib.contextmanager
+def allow_tf32(allowed: bool = True) -> Iterator[None]:
+    """`torch.backends.cuda.matmul.allow_tf32 = allowed` inside the block, restored after: float32
+    products may then be TF32 in cuBLAS and the Triton kernels, and 3xTF32 in the CUDA C++ ones."""
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def call_operator(operator: str, inp: dict[str, Tensor], iterations: int, backend: str = "auto",

@@ -15,3 +15,13 @@ if not torch.cuda.is_available():
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def tf32_allowed():
+    """TF32 allowed for the test (rja_kernels.testing.allow_tf32): the CUDA kernels' float32 passes on
+    3xTF32 (csrc/cuda/host.h, with_tensor_cores), where by default they stay on CUDA cores."""
+    from rja_kernels.testing import allow_tf32  # not at the top: TRITON_INTERPRET is set before triton loads
+
+    with allow_tf32():
+        yield

@@ -13,8 +13,9 @@ an iterate moves a relu kink.
 The emulated launch shape (`cuda.EMULATED_CONFIG`: 64 threads, tiles of 16 rows and 48 features)
 is smaller than the sizes below, so every tiled loop takes several tiles and a ragged last one. Its
 tiles are multiples of 16, so float16 and bfloat16 run both forms' forwards on (emulated) tensor
-cores, and every dtype their backwards (3xTF32), as on the GPU; other launch shapes run them on CUDA
-cores.
+cores with 16-bit operands and their backwards by 3xTF32, as on the GPU, and so does float32 both
+ways where TF32 is allowed (`tf32_allowed`; by default float32 stays on CUDA cores); other launch
+shapes run them on CUDA cores.
 """
 
 import pytest
@@ -22,7 +23,13 @@ import torch
 
 from rja_kernels import cuda
 from rja_kernels.backends import BackendUnavailableError, get_backend
-from rja_kernels.testing import assert_near_reordered_sum, call_operator, low_precision_tolerance, make_inputs
+from rja_kernels.testing import (
+    allow_tf32,
+    assert_near_reordered_sum,
+    call_operator,
+    low_precision_tolerance,
+    make_inputs,
+)
 
 PAPER, JCA = "recursive_joint_attention", "joint_cross_attention"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -143,10 +150,29 @@ def test_paper_tensor_core_launch_shapes(dtype, config):
     check(PAPER, 2, 20, 13, 29, 2, 2, dtype, options={"h_tanh": True, "out_relu": True}, config=config)
 
 
+@pytest.mark.parametrize("config", TENSOR_CORE_SHAPES, ids=["partial-warp", "single-tile", "gpu-config"])
+@pytest.mark.parametrize(("operator", "options"), [(PAPER, {}), (PAPER, {"h_tanh": True, "out_relu": True}),
+                                                   (JCA, None)], ids=["paper", "paper-released-switches", "jca"])
+def test_float32_with_tf32_allowed_meets_the_rule(operator, options, config, tf32_allowed):
+    # float32 by 3xTF32 both ways, held to the rule of every float32 case here.
+    check(operator, 2, 20, 13, 29, 2, 2, torch.float32, k=20 if operator == JCA else None, options=options,
+          config=config)
+
+
 def _mma_calls(run):
     before = cuda.cuda_emulator().wmma_mma_count()
     run()
     return cuda.cuda_emulator().wmma_mma_count() - before
+
+
+def _mma_calls_of_the_passes(operator, inp, iterations, **options):
+    """mma_sync calls of the emulated forward of `operator` on `inp`, and of its backward on the
+    forward's saved features (the forward's outputs as their gradients)."""
+    forward, backward, _ = KERNELS[operator]
+    weights = tuple(t for n, t in inp.items() if n.startswith("w_"))
+    saved = []
+    forward_calls = _mma_calls(lambda: saved.extend(forward(inp["xa"], inp["xv"], weights, iterations, **options)))
+    return forward_calls, _mma_calls(lambda: backward(*saved, weights, **options))
 
 
 def _mma_f32(m, n, k, exact_operand):
@@ -211,21 +237,24 @@ def _paper_backward_mma_calls(seq, da, dv, iterations, rows, cols, out_relu, six
 @pytest.mark.parametrize("options", [{}, {"out_relu": True}], ids=_switch_id)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_paper_tensor_cores_take_every_pass(dtype, options):
-    # At tiles of multiples of 16 the float16/bfloat16 forward runs on 16-bit tensor cores, the
-    # float32 forward and every backward by 3xTF32, each with the expected count of products; tiles
-    # that are no multiples of 16 stay on CUDA cores (and meet the rule).
+    # At tiles of multiples of 16 the float16/bfloat16 forward runs on 16-bit tensor cores and their
+    # backward by 3xTF32, and with TF32 allowed the float32 passes too (by 3xTF32), each with the
+    # expected count of products; without, float32 stays on CUDA cores, whatever the flag does to
+    # 16-bit inputs (none); tiles that are no multiples of 16 stay on CUDA cores (and meet the rule).
     inp = make_inputs(PAPER, 1, 6, 13, 29, 2, dtype=dtype)
-    weights = tuple(t for n, t in inp.items() if n.startswith("w_"))
-    saved = []
     config, sixteen_bit = cuda.EMULATED_CONFIG, dtype != torch.float32
-    forward = _mma_calls(lambda: saved.extend(cuda.paper_forward(inp["xa"], inp["xv"], weights, 2, **options)))
-    assert forward == _paper_forward_mma_calls(6, 13, 29, 2, config["rows"], config["cols"], sixteen_bit)
-    backward = _mma_calls(lambda: cuda.paper_backward(saved[0], saved[1], saved[2], saved[3], weights, **options))
-    expected = _paper_backward_mma_calls(6, 13, 29, 2, config["rows"], config["cols"], "out_relu" in options,
-                                         sixteen_bit)
-    assert backward == expected
+    for allowed in (True, False):
+        with allow_tf32(allowed):
+            forward, backward = _mma_calls_of_the_passes(PAPER, inp, 2, **options)
+        if allowed or sixteen_bit:
+            assert forward == _paper_forward_mma_calls(6, 13, 29, 2, config["rows"], config["cols"], sixteen_bit)
+            assert backward == _paper_backward_mma_calls(6, 13, 29, 2, config["rows"], config["cols"],
+                                                         "out_relu" in options, sixteen_bit)
+        else:
+            assert forward == backward == 0
     ragged = {"threads": 40, "rows": 7, "cols": 5}
-    assert _mma_calls(lambda: check(PAPER, 1, 6, 13, 29, 2, 1, dtype, options=options, config=ragged)) == 0
+    with allow_tf32():
+        assert _mma_calls(lambda: check(PAPER, 1, 6, 13, 29, 2, 1, dtype, options=options, config=ragged)) == 0
 
 
 def test_paper_shared_memory_limit_is_reported():
@@ -429,20 +458,22 @@ def _jca_mma_calls(B, L, da, dv, k, T, R, E, sixteen_bit, backward):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_jca_tensor_cores_take_every_pass(dtype, split, emulated_device):
     # The forward of float16/bfloat16 at tiles of multiples of 16 runs on tensor cores with 16-bit
-    # operands, the float32 forward and every backward by 3xTF32, with any split, every row tile's
-    # once; other tiles stay on CUDA cores.
+    # operands and their backward by 3xTF32, and with TF32 allowed both float32 passes by 3xTF32,
+    # with any split, every row tile's once; without, float32 stays on CUDA cores; other tiles too.
     emulated_device(8, 2)  # room for 3 samples x 3 blocks
     inp = make_inputs(JCA, 3, 6, 13, 29, 2, k=12, dtype=dtype)
-    weights = tuple(t for n, t in inp.items() if n.startswith("w_"))
-    saved = []
-    with cuda.emulated_config(split=split):
-        forward = _mma_calls(lambda: saved.extend(cuda.jca_forward(inp["xa"], inp["xv"], weights, 2)))
-        backward = _mma_calls(lambda: cuda.jca_backward(saved[0], saved[1], saved[2], saved[3], weights))
     rows, cols, sixteen_bit = cuda.EMULATED_CONFIG["rows"], cuda.EMULATED_CONFIG["cols"], dtype != torch.float32
-    assert forward == _jca_mma_calls(3, 6, 13, 29, 12, 2, rows, cols, sixteen_bit, backward=False)
-    assert backward == _jca_mma_calls(3, 6, 13, 29, 12, 2, rows, cols, sixteen_bit, backward=True)
+    for allowed in (True, False):
+        with cuda.emulated_config(split=split), allow_tf32(allowed):
+            forward, backward = _mma_calls_of_the_passes(JCA, inp, 2)
+        if allowed or sixteen_bit:
+            assert forward == _jca_mma_calls(3, 6, 13, 29, 12, 2, rows, cols, sixteen_bit, backward=False)
+            assert backward == _jca_mma_calls(3, 6, 13, 29, 12, 2, rows, cols, sixteen_bit, backward=True)
+        else:
+            assert forward == backward == 0
     ragged = {"threads": 40, "rows": 7, "cols": 5, "split": split}
-    assert _mma_calls(lambda: check(JCA, 3, 6, 13, 29, 2, 1, dtype, k=12, config=ragged)) == 0
+    with allow_tf32():
+        assert _mma_calls(lambda: check(JCA, 3, 6, 13, 29, 2, 1, dtype, k=12, config=ragged)) == 0
 
 
 # The forward and backward of each form, and its inputs for the 16-bit check below: L = 20 pads to 32.
@@ -492,7 +523,7 @@ def test_jca_shared_memory_limit_is_reported():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize(("operator", "seq", "k"), [(PAPER, 200, None), (JCA, 100, 100)], ids=["paper", "jca"])
-def test_backward_runs_on_cuda_cores_where_its_tensor_core_tiles_do_not_fit(operator, seq, k, dtype):
+def test_backward_runs_on_cuda_cores_where_its_tensor_core_tiles_do_not_fit(operator, seq, k, dtype, tf32_allowed):
     # At these L (and k) the backward's tensor-core layout, padded to multiples of 16 at strides of
     # width + 4, exceeds the 227 KiB a block may have, and the CUDA-core layout fits: the backward
     # takes the CUDA cores (no mma) and meets the rule, where it used to refuse the size.
@@ -505,8 +536,8 @@ def test_backward_runs_on_cuda_cores_where_its_tensor_core_tiles_do_not_fit(oper
 
 
 @pytest.mark.parametrize(("operator", "seq", "k"), [(PAPER, 360, None), (JCA, 113, 113)], ids=["paper", "jca"])
-def test_float32_forward_runs_on_cuda_cores_where_its_tensor_core_tiles_do_not_fit(operator, seq, k):
-    # At the emulated tiles (16 x 48) the float32 forward's 3xTF32 layout exceeds the 227 KiB a block
+def test_float32_forward_runs_on_cuda_cores_where_its_tensor_core_tiles_do_not_fit(operator, seq, k, tf32_allowed):
+    # With TF32 allowed, at the emulated tiles (16 x 48) the float32 forward's 3xTF32 layout exceeds the 227 KiB a block
     # may have at these L (and k), padded to 368 (128), and its CUDA-core layout fits (the backward's
     # does not): the forward takes the CUDA cores (no mma) and meets the rule.
     inp = make_inputs(operator, 1, seq, 4, 4, 1, k=k)
@@ -523,26 +554,20 @@ def test_float32_forward_runs_on_cuda_cores_where_its_tensor_core_tiles_do_not_f
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("operator", [PAPER, JCA], ids=["paper", "jca"])
-def test_tensor_cores_off_by_the_environment(operator, dtype, monkeypatch):
+def test_tensor_cores_off_by_the_environment(operator, dtype, monkeypatch, tf32_allowed):
     # RJA_CUDA_TENSOR_CORES=0 (what a device session sets to time CUDA cores against tensor cores)
     # keeps both passes off the tensor cores at tiles that would take them, within the rule; "1"
     # gives them back, and another value is an error, not a silent fallback.
-    forward, backward, sizes = KERNELS[operator]
+    sizes = KERNELS[operator][2]
     inp = make_inputs(operator, 2, 20, 13, 29, 2, dtype=dtype, **sizes)
-    weights = tuple(t for n, t in inp.items() if n.startswith("w_"))
-
-    def both_passes():
-        saved = forward(inp["xa"], inp["xv"], weights, 2)
-        backward(saved[0], saved[1], saved[2], saved[3], weights)
-
     monkeypatch.setenv("RJA_CUDA_TENSOR_CORES", "0")
-    assert _mma_calls(both_passes) == 0
+    assert _mma_calls_of_the_passes(operator, inp, 2) == (0, 0)
     check(operator, 2, 20, 13, 29, 2, 2, dtype, **sizes)
     monkeypatch.setenv("RJA_CUDA_TENSOR_CORES", "1")
-    assert _mma_calls(both_passes) > 0
+    assert min(_mma_calls_of_the_passes(operator, inp, 2)) > 0
     monkeypatch.setenv("RJA_CUDA_TENSOR_CORES", "no")
     with pytest.raises(RuntimeError, match="RJA_CUDA_TENSOR_CORES must be 0 or 1, got 'no'"):
-        both_passes()
+        _mma_calls_of_the_passes(operator, inp, 2)
 
 
 # The JCA form's split deals the row tiles of both modalities (the unit of its work) to the blocks

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from rja_kernels.backends import BackendUnavailableError, get_backend, why_unavailable
-from rja_kernels.testing import call_operator, low_precision_tolerance, make_inputs
+from rja_kernels.testing import allow_tf32, call_operator, low_precision_tolerance, make_inputs
 
 PAPER, JCA = "recursive_joint_attention", "joint_cross_attention"
 _reason = why_unavailable("cuda", torch.device("cuda"), torch.float32)
@@ -72,6 +72,31 @@ def test_cuda_matches_reference(operator, options, shape, dtype):
     low = reference.backward(*grads_out, *saved, weights, **options)
     exact = reference.backward(*(t.double() for t in (*grads_out, *saved)), exact_weights, **options)
     _check([f"grad {n}" for n in inputs], got, low, exact, dtype)
+
+
+@pytest.mark.parametrize("shape", ["odd", "paper"])
+@pytest.mark.parametrize(("operator", "options"), [FORMS[1], FORMS[3]], ids=[FORM_IDS[1], FORM_IDS[3]])
+def test_float32_with_tf32_allowed_takes_3xtf32(operator, options, shape):
+    # With TF32 allowed the float32 kernels take 3xTF32 (about 2^-22 |a b| per product) where cuBLAS,
+    # and so the reference, takes TF32 (2^-11): the kernels' error stays within a twentieth of the
+    # reference's own plus float32's rounding, which one TF32 product per float32 one would not.
+    inputs, iterations, grads_out = _case(operator, shape, torch.float32)
+    cuda, reference = get_backend(operator, "cuda"), get_backend(operator, "reference")
+    weights = _weights(inputs)
+    exact_weights = tuple(w.double() for w in weights)
+    with allow_tf32():
+        got = cuda.forward(inputs["xa"], inputs["xv"], weights, iterations, **options)
+        low = reference.forward(inputs["xa"], inputs["xv"], weights, iterations, **options)
+        saved = (low[2], low[3])
+        got_grads = cuda.backward(*grads_out, *saved, weights, **options)
+        low_grads = reference.backward(*grads_out, *saved, weights, **options)
+    exact = reference.forward(inputs["xa"].double(), inputs["xv"].double(), exact_weights, iterations, **options)
+    exact_grads = reference.backward(*(t.double() for t in (*grads_out, *saved)), exact_weights, **options)
+    names = ["xa_out", "xv_out", "xa_iters", "xv_iters"] + [f"grad {n}" for n in inputs]
+    for name, g, lo, ex in zip(names, (*got, *got_grads), (*low, *low_grads), (*exact, *exact_grads)):
+        tol = low_precision_tolerance(lo, ex, factor=0.05)
+        err = (g.double() - ex).abs().max().item()
+        assert err <= tol, f"{name}: error {err:.3g} > {tol:.3g}, a twentieth of the TF32 reference's"
 
 
 def _autograd(operator, inputs, iterations, backend, grads_out, options):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from rja_kernels.backends import why_unavailable
-from rja_kernels.testing import call_operator, make_inputs
+from rja_kernels.testing import allow_tf32, call_operator, make_inputs
 
 triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402  (after the skip: triton is optional off Linux)
@@ -195,14 +195,10 @@ def test_dot_3xtf32_against_float64(shape, a_dtype, b_dtype, with_acc):
 def test_precision_by_dtype():
     # float32 inputs keep their contract: exact IEEE products, or TF32 where the user allowed it;
     # 16-bit inputs take 3xTF32 for the products with float32 gradient tiles.
-    before = torch.backends.cuda.matmul.allow_tf32
-    try:
-        torch.backends.cuda.matmul.allow_tf32 = False
+    with allow_tf32(False):
         assert common.grad_precision(torch.float32) == common.dot_precision(torch.float32) == "ieee"
-        torch.backends.cuda.matmul.allow_tf32 = True
+    with allow_tf32(True):
         assert common.grad_precision(torch.float32) == common.dot_precision(torch.float32) == "tf32"
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = before
     for dtype in (torch.float16, torch.bfloat16):
         assert common.grad_precision(dtype) == common.TF32X3
         assert common.dot_precision(dtype) == "ieee"

@@ -4,6 +4,7 @@
 // Include after the torch headers: the emulated build's CUDA names are macros.
 #pragma once
 
+#include <ATen/Context.h>
 #include <torch/types.h>
 
 #include <algorithm>
@@ -225,14 +226,20 @@ inline bool tensor_cores_allowed_by_env() {
 
 // The tensor-core paths of both forms (paper.cuh, jca.cuh) take tiles of multiples of 16 on a
 // device with bfloat16 and tf32 WMMA (sm_80+), unless RJA_CUDA_TENSOR_CORES=0: a 16-bit forward's
-// products have 16-bit operands (m16n16k16); a float32 forward's and every backward's are 3xTF32 on
-// float32 tiles (m16n16k8). Other tiles run on CUDA cores, and so does a pass whose tensor-core
-// layout (Layout: the form's SmemLayout, padded to multiples of 16) would not fit the device's
-// shared memory where the CUDA-core one, which pads less, may.
+// products have 16-bit operands (m16n16k16) and a 16-bit backward's are 3xTF32 on float32 tiles
+// (m16n16k8). float32 follows torch's matmul setting, as cuBLAS and the Triton kernels do: exact
+// float32 products on CUDA cores by default, 3xTF32 both ways where the user allowed TF32
+// (torch.backends.cuda.matmul.allow_tf32, or set_float32_matmul_precision("high")): 3xTF32 is
+// far closer to float32 than the TF32 allowed, yet its operand splits leave about 2^-22 |a b| per
+// product where float32's own FMAs leave none, which at d = 1024 puts the float32 backward past
+// twice the reference's own error (README, Results). Other tiles run on CUDA cores, and so does a
+// pass whose tensor-core layout (Layout: the form's SmemLayout, padded to multiples of 16) would
+// not fit the device's shared memory where the CUDA-core one, which pads less, may.
 template <class Layout>
 inline Dims with_tensor_cores(Dims s, at::ScalarType dtype, bool backward) {
   s.products = Products::cuda_cores;
   if (s.R % 16 != 0 || s.E % 16 != 0 || !device_has_wmma() || !tensor_cores_allowed_by_env()) return s;
+  if (dtype == at::kFloat && !at::globalContext().allowTF32CuBLAS()) return s;
   s.products = backward || dtype == at::kFloat ? Products::tf32x3 : Products::wmma_16_bit;
   if (std::size_t(Layout(s, backward).total) * sizeof(float) > max_shared_bytes()) s.products = Products::cuda_cores;
   return s;

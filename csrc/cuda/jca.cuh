@@ -24,8 +24,8 @@
 // gradients (as in paper.cuh), and 16-bit gradient tiles break the accuracy rule. Unmeasured on a
 // GPU. The small products (P, x^T w_u^T, the output's relu(Z) w_h^T and the backward's other terms:
 // O(L) or O(k) per element of x against the big ones' O(d)) stay float32 on CUDA cores. float32
-// takes the same 3xTF32 path forward and backward (three products each, within float32's accuracy
-// rule): its forward's C and Z are the backward's recompute (Products::tf32x3).
+// stays on CUDA cores unless the user allowed TF32 (host.h): then it takes the same 3xTF32 path
+// forward and backward, three products each (its forward's C and Z are the backward's recompute).
 //
 // Forward and backward give each sample S blocks (Dims::split, chosen by host.h to fill the GPU:
 // S = 1 is an ordinary launch, S > 1 a cooperative one with a barrier across the S blocks through

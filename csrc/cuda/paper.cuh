@@ -41,9 +41,9 @@
 // P^T gS) on float32 tiles by 3xTF32 (mma_tiles_f32: about float32 accuracy; J and w_h hold 16-bit
 // values, exact in tf32, which saves a product), unmeasured on a GPU, and so does dx += dQ w_c^T +
 // w_j dP^T (L dm^2: a tenth of the work at the paper size, which CUDA cores would make the larger
-// part of the time). float32 takes the same 3xTF32 path (tiles of multiples of 16, sm_80+) forward
-// and backward, three products each, within float32's accuracy rule (tests/test_cuda_emulated.py):
-// the forward's C, G and U are then the backward's recompute (Products::tf32x3, Dims).
+// part of the time). float32 stays on CUDA cores (exact float32 products) unless the user allowed
+// TF32 (host.h): then it takes the same 3xTF32 path forward and backward, three products each (the
+// forward's C, G and U are then the backward's recompute: Products::tf32x3, Dims).
 #pragma once
 
 #include "common.cuh"
