@@ -1,4 +1,4 @@
-// Host side of the kernels of both operators, shared by the CUDA extension (its .cu files) and the
+// Host side of the kernels of both operators, shared by the CUDA extension (rja_cuda.cu) and the
 // emulated build (csrc/emu/module.cpp): argument checks, output allocation, shared memory sizing,
 // the thread blocks per sample (the split, both forms), launch, and the weight-gradient reductions.
 // Include after the torch headers: the emulated build's CUDA names are macros.
