@@ -537,9 +537,9 @@ def test_backward_runs_on_cuda_cores_where_its_tensor_core_tiles_do_not_fit(oper
 
 @pytest.mark.parametrize(("operator", "seq", "k"), [(PAPER, 360, None), (JCA, 113, 113)], ids=["paper", "jca"])
 def test_float32_forward_runs_on_cuda_cores_where_its_tensor_core_tiles_do_not_fit(operator, seq, k, tf32_allowed):
-    # With TF32 allowed, at the emulated tiles (16 x 48) the float32 forward's 3xTF32 layout exceeds the 227 KiB a block
-    # may have at these L (and k), padded to 368 (128), and its CUDA-core layout fits (the backward's
-    # does not): the forward takes the CUDA cores (no mma) and meets the rule.
+    # With TF32 allowed, at the emulated tiles (16 x 48) the float32 forward's 3xTF32 layout exceeds
+    # the 227 KiB a block may have at these L (and k), padded to 368 (128), and its CUDA-core layout
+    # fits (the backward's does not): the forward takes the CUDA cores (no mma) and meets the rule.
     inp = make_inputs(operator, 1, seq, 4, 4, 1, k=k)
     weights = tuple(t for n, t in inp.items() if n.startswith("w_"))
     forward, _, _ = KERNELS[operator]

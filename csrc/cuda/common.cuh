@@ -253,8 +253,8 @@ RJA_DEVICE constexpr bool tensor_cores() {
 RJA_DEVICE constexpr bool tf32_tensor_cores() { return RJA_WMMA; }
 
 // The products a pass of element type K takes: s.products (host.h's choice) where the pass can take
-// it, the 16-bit ones in 16-bit forwards only and 3xTF32 in float32 forwards and every backward
-// (where host.h chooses them); else CUDA cores. A kernel's Tiles and shared-memory layout take this, so that (`backward` being a
+// it, the 16-bit ones in 16-bit forwards only and 3xTF32 in float32 forwards and every backward;
+// else CUDA cores. A kernel's Tiles and shared-memory layout take this, so that (`backward` being a
 // literal there) a kernel compiles no path it never takes: neither its code nor its registers.
 template <class K>
 RJA_DEVICE Dims with_products_taken(Dims s, bool backward) {

@@ -51,9 +51,9 @@ namespace jca {
 // k + 1 and E + 1 keep the column walks of the Z and w_c tiles free of bank conflicts. The
 // tensor-core paths (Dims::padded) pad L to Lp and k to kp, multiples of 16, and add a float tile S
 // for products bound elsewhere. The 16-bit one (16-bit forwards) has the 16-bit mma operands in
-// place of the float P, J, w_c and C tiles; the 3xTF32 one (float32 forwards, all backwards) keeps
-// those, padded. Their row strides are 16 bytes more
-// than a multiple of 16 elements, so the rows of a WMMA tile start in different banks.
+// place of the float P, J, w_c and C tiles; the 3xTF32 one (the backwards, and float32 forwards
+// where TF32 is allowed) keeps those, padded. Their row strides are 16 bytes more than a multiple
+// of 16 elements, so the rows of a WMMA tile start in different banks.
 struct SmemLayout : SmemArena {
   int Lp, kp, ldZ, ldP, ldE, ldW, ldP16, ld16, ldS;  // padded L and k, and row strides
   Span wj, wu, wh, Z;                                // float
@@ -115,8 +115,8 @@ struct Tiles {
   Ptr<float> gWc;         // [kp, ldE] backward: w_c gradient of the column tile
   Ptr<float> gJ;          // [Lp, ldE] backward: J gradient of the column tile
   // The tensor-core paths, whose mma operands are zero past the ragged or padded edges: with 16-bit
-  // operands (16-bit forwards), or with float ones by 3xTF32 (mma_tiles_f32: float32 forwards, all
-  // backwards).
+  // operands (16-bit forwards), or with float ones by 3xTF32 (mma_tiles_f32: the backwards, and
+  // float32 forwards where TF32 is allowed).
   bool mma;      // the 16-bit one is taken
   bool mma_f32;  // the 3xTF32 one is taken
   int Lp, kp, ldZ, ldP, ldE, ldW, ldP16, ld16, ldS;

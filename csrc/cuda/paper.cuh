@@ -130,8 +130,8 @@ struct Tiles {
   Ptr<float> gS;  // [R, ldE]   backward: gradient of the pre-tanh tile
   Ptr<float> W;   // chunks of weights: the backward's rows_times_transposed's, transposed; w_h's by 3xTF32
   // The tensor-core paths: on 16-bit operands (mma; 16-bit forwards), or on the float tiles by 3xTF32
-  // (mma_f32; float32 forwards, all backwards); either pads L to Lp, and its tiles are zero past the
-  // ragged or padded edges.
+  // (mma_f32; the backwards, and float32 forwards where TF32 is allowed); either pads L to Lp, and
+  // its tiles are zero past the ragged or padded edges.
   bool mma, mma_f32;  // this path is taken
   int Lp, ld16, ldP16, ldQ16, ldS, ldE, ldG, ldP, ldQ;
   Ptr<K> J16;     // [Lp, ld16]   J tile
@@ -269,8 +269,7 @@ RJA_DEVICE void stage_rows(const Modality<K>& m, Ptr<const float> P, Ptr<const f
 
 // C of the staged row tile into t.C (with kDerivative, the backward's, also tanh' of its elements
 // into t.gS), no barrier; on the 16-bit path into t.C16, in 16 bits, and on the 3xTF32 path into
-// the padded t.C, each with a barrier inside. C is complete for every thread after
-// the next barrier.
+// the padded t.C, each with a barrier inside. C is complete for every thread after the next barrier.
 template <class K, bool kDerivative>
 RJA_DEVICE void correlation(const Tiles<K>& t, const Dims& s, int rows, int cols) {
   const int R = s.R, E = s.E;
